@@ -1,0 +1,6 @@
+"""Lightning callbacks used by the default configs."""
+
+from normlab.callbacks.history import MetricHistory
+from normlab.callbacks.progress import TerminalProgressBar
+
+__all__ = ["MetricHistory", "TerminalProgressBar"]

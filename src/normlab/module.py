@@ -1,0 +1,122 @@
+"""The LightningModule: cross-entropy training of any `nn.Module` classifier.
+
+It owns the loss, the metrics and the optimizer; the network, the optimizer factory and the
+schedule are handed in (by `normlab.run` from the Hydra config), so this file knows nothing of
+Hydra and the networks know nothing of Lightning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from normlab.optim import build_scheduler
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+class ImageClassifier(L.LightningModule):
+    """Train `net` with cross-entropy and report accuracy per stage.
+
+    Accuracy is micro-averaged (correct predictions / images), which is what the lesson
+    computes; torchmetrics' `MulticlassAccuracy` would default to the macro average.
+
+    Logged: `train/loss`, `train/acc`, `val/loss`, `val/acc`, `val/acc_best` (best epoch so
+    far), `test/loss`, `test/acc`. Epoch time and learning rate come from callbacks.
+
+    Args:
+        net: the classifier network, mapping [B, C, H, W] images to [B, classes] logits.
+        optimizer: called with the parameters; e.g. `functools.partial(torch.optim.SGD, lr=0.1)`.
+        scheduler: a `conf/scheduler` spec (`{"name": "cosine"}`), or None.
+        num_classes: number of classes, for the accuracy metrics.
+        compile: compile the network with `torch.compile` in place (parameter names unchanged,
+            so checkpoints load into an uncompiled network).
+        channels_last: run convolutions in NHWC memory format (faster on GPUs with tensor cores).
+        hparams: plain (JSON-like) values to record as the run's hyperparameters.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: Mapping[str, Any] | None = None,
+        num_classes: int = 10,
+        compile: bool = False,
+        channels_last: bool = False,
+        hparams: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.scheduler_spec = dict(scheduler) if scheduler else None
+        self.channels_last = channels_last
+        if hparams:
+            # Plain containers only: torch.load(weights_only=True) must be able to read them.
+            self.save_hyperparameters(dict(hparams))
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if compile:
+            self.net.compile()
+
+        def accuracy() -> MulticlassAccuracy:
+            return MulticlassAccuracy(num_classes=num_classes, average="micro")
+
+        self.train_acc, self.val_acc, self.test_acc = accuracy(), accuracy(), accuracy()
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.val_acc_best = MaxMetric()
+        # Part of the checkpoint, so a resumed run remembers its best epoch.
+        self.val_acc_best.persistent(True)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.net(images)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels)
+        acc_metric, loss_metric = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_loss")
+        acc_metric(logits.detach(), labels)
+        loss_metric(loss.detach())
+        # Metric objects are computed (and synced across processes) once per epoch; logging
+        # them does not force a device-to-host copy on every step.
+        self.log(f"{stage}/loss", loss_metric, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/acc", acc_metric, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return  # a couple of batches from an untrained net are not an epoch
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer_factory(self.parameters())
+        scheduler = build_scheduler(
+            optimizer, self.scheduler_spec, self.trainer.estimated_stepping_batches
+        )
+        if scheduler is None:
+            return {"optimizer": optimizer}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

@@ -1,0 +1,98 @@
+"""End-to-end runs of the real `train.py` command line: Hydra CLI, Lightning Trainer,
+TensorBoard event files and results.json."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import run_train, write_fake_cifar10
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+RESULT_FIELDS = {
+    "status", "val_acc_best", "val_acc_final", "test_acc", "train_acc_final",
+    "train_loss_final", "epochs_completed", "wall_s", "overrides",
+}  # fmt: skip
+
+
+def scalar_tags(run_dir):
+    tags = set()
+    for events in (run_dir / "tensorboard").glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    return tags
+
+
+def test_digits_run_writes_results_checkpoints_and_tensorboard(tmp_path):
+    run_dir = tmp_path / "run"
+    proc, results = run_train(
+        "model=cnn_bn_dropout", "data=digits", "trainer.max_epochs=2", run_dir=run_dir
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert results.keys() >= RESULT_FIELDS
+    assert results["status"] == "completed" and results["epochs_completed"] == 2
+    assert (
+        0.0 <= results["test_acc"] <= 1.0
+        and results["val_acc_best"] >= results["val_acc_final"] - 1e-9
+    )
+    assert results["overrides"][-3:] == [
+        "model=cnn_bn_dropout",
+        "data=digits",
+        "trainer.max_epochs=2",
+    ]
+    assert [row["epoch"] for row in results["history"]] == [0, 1]
+    assert {"best.ckpt", "last.ckpt"} <= {p.name for p in (run_dir / "checkpoints").iterdir()}
+    assert (run_dir / ".hydra" / "config.yaml").exists()
+    assert {
+        "train/loss",
+        "train/acc",
+        "val/loss",
+        "val/acc",
+        "val/acc_best",
+        "test/acc",
+        "time/epoch_s",
+    } <= scalar_tags(run_dir)
+    # the progress output is readable in a captured (non-terminal) log: one line per epoch
+    assert proc.stdout.count("epoch 1/2") == 1 and "\r" not in proc.stdout
+    # the last checkpoint is the last epoch's, and loads with weights_only=True
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 1
+    assert last["hyper_parameters"]["model"]["dropout"]["p"] == 0.5
+
+
+def test_cifar10_run_on_generated_files_in_the_real_format(tmp_path):
+    write_fake_cifar10(tmp_path / "cifar", per_batch=40, test_size=60)
+    run_dir = tmp_path / "run"
+    proc, results = run_train(
+        "data=cifar10", f"data.root={tmp_path / 'cifar'}", "data.verify_checksums=false",
+        "data.download=false", "data.val_size=50", "data.batch_size=25", "trainer.max_epochs=1",
+        run_dir=run_dir,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert results["status"] == "completed" and results["test_acc"] is not None
+    assert (run_dir / "checkpoints" / "best.ckpt").exists()
+
+
+def test_missing_cifar10_offline_prints_the_way_out_without_a_traceback(tmp_path):
+    run_dir = tmp_path / "run"
+    proc, results = run_train(
+        "model=cnn_bn_dropout", f"data.root={tmp_path / 'empty'}", run_dir=run_dir
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "cifar-10-python.tar.gz" in proc.stderr and "data=digits" in proc.stderr
+    assert results["status"] == "failed" and "CIFAR-10 was not found" in results["error"]
+
+
+@pytest.mark.slow
+def test_batch_norm_learns_digits_at_the_lessons_learning_rate(tmp_path):
+    """The lesson's recipe (SGD lr 0.001, momentum 0.9, batch 4) with BN: >= 0.85 in 3 epochs."""
+    proc, results = run_train(
+        "experiment=seed_lesson",
+        "model=cnn_bn",
+        "data=digits",
+        "trainer.max_epochs=3",
+        run_dir=tmp_path / "run",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert results["val_acc_best"] >= 0.85, results
