@@ -14,7 +14,9 @@ from normlab.data.base import ImageSplit, InMemoryDataModule
 def make_synthetic(n: int, num_classes: int, image_size: int, seed: int) -> ImageSplit:
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(num_classes, (n,), generator=g)
-    colours = torch.randint(64, 192, (num_classes, 3, 1, 1), generator=torch.Generator().manual_seed(0))
+    colours = torch.randint(
+        64, 192, (num_classes, 3, 1, 1), generator=torch.Generator().manual_seed(0)
+    )
     noise = torch.randint(-64, 64, (n, 3, image_size, image_size), generator=g)
     images = (colours[labels] + noise).clamp(0, 255).to(torch.uint8)
     return ImageSplit(images, labels)
