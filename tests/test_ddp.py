@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import run_train
+from conftest import REPO
 from helpers.ddp_probe import image_digest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -34,23 +36,51 @@ def evaluate(net: torch.nn.Module, datamodule, split: str) -> tuple[float, float
     return (logits.argmax(1) == split_set.labels).float().mean().item(), loss
 
 
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory) -> dict:
+    """Two-process CPU fits, side by side: Lightning's `ddp` (re-runs the command line per
+    rank; what trainer=ddp uses on GPUs) with a probe recording each rank's data, and
+    `ddp_spawn` (the strategy for local sweeps)."""
+    root = tmp_path_factory.mktemp("ddp")
+    common = ["data=digits", "trainer=ddp_cpu", "trainer.max_epochs=2"]
+    probe = ["+callbacks.probe._target_=ddp_probe.ShardProbe", f"+callbacks.probe.out_dir={root}"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(HELPERS), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONUNBUFFERED": "1",
+    }
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, str(REPO / "train.py"), *args, f"hydra.run.dir={root / name}"],
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name, args in (
+            ("ddp", [*common, *probe]),
+            ("spawn", [*common, "trainer.strategy=ddp_spawn"]),
+        )
+    }
+    outputs = {name: proc.communicate(timeout=600)[0] for name, proc in procs.items()}
+    for name, proc in procs.items():
+        assert proc.returncode == 0, outputs[name][-3000:]
+    return {"root": root, "outputs": outputs}
+
+
 @pytest.mark.slow
-def test_two_process_cpu_fit_shards_the_data_and_reduces_metrics_across_ranks(tmp_path):
-    run_dir = tmp_path / "ddp"
-    env = {"PYTHONPATH": os.pathsep.join([str(HELPERS), os.environ.get("PYTHONPATH", "")])}
-    proc, results = run_train(
-        "data=digits", "trainer=ddp_cpu", "trainer.max_epochs=2",
-        "+callbacks.probe._target_=ddp_probe.ShardProbe", f"+callbacks.probe.out_dir={run_dir}",
-        run_dir=run_dir, env=env,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Starting with 2 processes" in proc.stdout + proc.stderr
+def test_two_process_cpu_fit_shards_the_data_and_reduces_metrics_across_ranks(ddp_runs):
+    run_dir = ddp_runs["root"] / "ddp"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert "Starting with 2 processes" in ddp_runs["outputs"]["ddp"]
     assert results["status"] == "completed" and results["epochs_completed"] == 2
+    config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
 
     # The data each rank trained on in epoch 0, against the training split built here.
-    datamodule = instantiate(OmegaConf.load(run_dir / ".hydra" / "config.yaml").data)
+    datamodule = instantiate(config.data)
     datamodule.setup()
-    shards = [json.loads((run_dir / f"shard_rank{r}.json").read_text()) for r in (0, 1)]
+    shards = [json.loads((ddp_runs["root"] / f"shard_rank{r}.json").read_text()) for r in (0, 1)]
     assert [s["rank"] for s in shards] == [0, 1] and {s["world_size"] for s in shards} == {2}
     n_train, batch = len(datamodule.train_set), datamodule.batch_size
     per_rank = (n_train // 2) // batch * batch  # equal shards, ragged last batch dropped
@@ -64,13 +94,31 @@ def test_two_process_cpu_fit_shards_the_data_and_reduces_metrics_across_ranks(tm
     # Logged validation metrics are reduced over both ranks' halves of the validation set:
     # they equal a single-process evaluation of the final weights on the whole set.
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    net = build_network(OmegaConf.load(run_dir / ".hydra" / "config.yaml").model)
+    net = build_network(config.model)
     net.load_state_dict({k[4:]: v for k, v in checkpoint["state_dict"].items() if k[:4] == "net."})
     val_acc, val_loss = evaluate(net, datamodule, "val")
     final = results["history"][-1]
     assert final["val/acc"] == pytest.approx(val_acc, abs=1e-6)
     assert final["val/loss"] == pytest.approx(val_loss, rel=1e-4)
     assert results["val_acc_final"] == final["val/acc"]
+
+
+@pytest.mark.slow
+def test_ddp_spawn_for_sweeps_writes_the_same_results_as_ddp(ddp_runs):
+    """With ddp_spawn the epochs run in child processes; results.json (written by the parent)
+    still holds the full history, equal to the ddp run's."""
+    ddp, spawn = (
+        json.loads((ddp_runs["root"] / name / "results.json").read_text())
+        for name in ("ddp", "spawn")
+    )
+    assert spawn["status"] == "completed" and spawn["epochs_completed"] == 2
+
+    def untimed(history: list[dict]) -> list[dict]:
+        return [{k: v for k, v in row.items() if k != "time/epoch_s"} for row in history]
+
+    assert untimed(spawn["history"]) == untimed(ddp["history"])
+    for key in ("val_acc_best", "val_acc_final", "test_acc", "train_loss_final"):
+        assert spawn[key] == ddp[key], key
 
 
 def test_ddp_trainer_synchronizes_torch_batch_norm_but_not_the_scratch_layer(compose_cfg):

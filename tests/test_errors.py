@@ -23,6 +23,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from normlab.config import validate_config
 from normlab.data import BatchTransform, TensorBatchLoader
 from normlab.run import build_module, build_network
 
@@ -64,7 +65,7 @@ CASES = [
          ("CIFAR-10 files in", "could not be read", "corrupt"), writes_failed_run=True),
     Case("checkpoint of another architecture", "ckpt_path={cnn_checkpoint}",
          ("was saved by a different architecture (SeedCNN with norm=none, dropout=none)",
-          "it has no features.0.norm.weight")),
+          "it lacks 10 of this network's tensors (features.0.norm.weight,")),
     Case("checkpoint carrying pickled code", "ckpt_path={pickled_checkpoint}",
          ("refused to load", "pickled Python objects (test_errors.Payload)", "weights_only=True")),
     Case("missing checkpoint file", "ckpt_path={missing}/last.ckpt", ("no such file",)),
@@ -188,3 +189,17 @@ def test_nothing_already_written_is_lost(outcomes):
     saved_run, before = outcomes["saved_run"]
     assert tree_digest(saved_run) == before
     assert not outcomes["missing"].exists()  # resume= does not create the folder it names
+
+
+GROUPS = ("data", "model", "model/norm", "model/dropout", "optimizer", "scheduler", "trainer")
+SHIPPED = [
+    f"{group}={path.stem}"
+    for group in (*GROUPS, "logger", "debug", "experiment")
+    for path in sorted((CONF / group).glob("*.yaml"))
+]
+
+
+@pytest.mark.parametrize("choice", SHIPPED)
+def test_every_shipped_config_passes_validation(compose_cfg, choice):
+    """The checks reject mistakes, not the template's own options."""
+    validate_config(compose_cfg([choice]))

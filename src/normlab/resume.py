@@ -151,21 +151,31 @@ def check_architecture(checkpoint: dict[str, Any], net: nn.Module, path: Path, k
     wanted = {name: tuple(tensor.shape) for name, tensor in net.state_dict().items()}
     if saved == wanted:
         return
-    problems = [f"it has no {n}" for n in wanted if n not in saved]
-    problems += [f"this network has no {n}" for n in saved if n not in wanted]
-    problems += [
-        f"{n} is {list(saved[n])} there, {list(wanted[n])} here"
-        for n in wanted
-        if n in saved and saved[n] != wanted[n]
-    ]
+    missing = [n for n in wanted if n not in saved]
+    extra = [n for n in saved if n not in wanted]
+    reshaped = [n for n in wanted if n in saved and saved[n] != wanted[n]]
+    problems = []
+    if missing:
+        problems.append(f"it lacks {len(missing)} of this network's tensors ({examples(missing)})")
+    if extra:
+        problems.append(f"it has {len(extra)} this network lacks ({examples(extra)})")
+    if reshaped:
+        name = reshaped[0]
+        problems.append(
+            f"{len(reshaped)} differ in shape ({name}: {list(saved[name])} there, "
+            f"{list(wanted[name])} here)"
+        )
     model = checkpoint.get("hyper_parameters", {}).get("model", {})
     described = describe_model(model) if model else "another network"
     raise ConfigError(
         f"{key}={path} was saved by a different architecture ({described}): "
-        f"{'; '.join(problems[:3])}{' ...' if len(problems) > 3 else ''}. Use the model "
-        "options the checkpoint was trained with (see its run's .hydra/config.yaml), or a "
-        "checkpoint of this model."
+        f"{'; '.join(problems)}. Use the model options the checkpoint was trained with (see "
+        "its run's .hydra/config.yaml), or a checkpoint of this model."
     )
+
+
+def examples(names: list[str]) -> str:
+    return ", ".join(names[:2]) + (", ..." if len(names) > 2 else "")
 
 
 def describe_model(model: dict[str, Any]) -> str:

@@ -52,7 +52,9 @@ def build_network(model_cfg: DictConfig) -> nn.Module:
         while cause.__cause__ is not None:
             cause = cause.__cause__
         if isinstance(cause, ValueError):
-            raise ConfigError(f"model: {cause}") from None
+            message = str(cause)  # most already start with the key (model.norm.num_groups=...)
+            prefix = "" if message.startswith("model.") else "model: "
+            raise ConfigError(prefix + message) from None
         raise
 
 
