@@ -162,23 +162,40 @@ def test_runs_started_in_the_same_second_get_their_own_directories(runs, compose
         assert results(run_dir)["status"] == "completed" and str(run_dir.name) in output
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
-def test_stopped_sweep_keeps_finished_jobs_and_marks_the_interrupted_one(tmp_path, signum):
-    sweep = tmp_path / "sweep"
-    proc = start_train(
-        "-m", "data=digits", "data.train_size=200", "trainer.max_epochs=10", "seed=0,1,2",
-        f"hydra.sweep.dir={sweep}", cwd=tmp_path,
-    )  # fmt: skip
-    second_job_checkpoint = sweep / "1" / "checkpoints" / "last.ckpt"
+SIGNALS = {"SIGTERM": signal.SIGTERM, "Ctrl-C": signal.SIGINT}
+
+
+@pytest.fixture(scope="module")
+def stopped_sweeps(tmp_path_factory) -> dict:
+    """One three-job sweep per signal, side by side, each signalled while its second job
+    trains."""
+    root = tmp_path_factory.mktemp("sweeps")
+    sweep = ["-m", "data=digits", "data.train_size=200", "trainer.max_epochs=10", "seed=0,1,2"]
+    procs = {
+        name: start_train(*sweep, f"hydra.sweep.dir={root / name}", cwd=root) for name in SIGNALS
+    }
+    finished, waiting = {}, set(SIGNALS)
     deadline = time.monotonic() + 300
-    while not second_job_checkpoint.exists() and proc.poll() is None:
-        assert time.monotonic() < deadline
+    while waiting and time.monotonic() < deadline:
+        for name in list(waiting):
+            if (root / name / "1" / "checkpoints" / "last.ckpt").exists():
+                finished[name] = (root / name / "0" / "results.json").read_bytes()
+                procs[name].send_signal(SIGNALS[name])
+                waiting.discard(name)
+            elif procs[name].poll() is not None:
+                waiting.discard(name)
         time.sleep(0.01)
-    finished = (sweep / "0" / "results.json").read_bytes()
-    proc.send_signal(signum)
-    output = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 130, output[-3000:]
+    outputs = {name: proc.communicate(timeout=120)[0] for name, proc in procs.items()}
+    return {"root": root, "procs": procs, "outputs": outputs, "finished": finished}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SIGNALS)
+def test_stopped_sweep_keeps_finished_jobs_and_marks_the_interrupted_one(stopped_sweeps, name):
+    sweep, output = stopped_sweeps["root"] / name, stopped_sweeps["outputs"][name]
+    assert name in stopped_sweeps["finished"], output[-3000:]
+    assert stopped_sweeps["procs"][name].returncode == 130, output[-3000:]
+    finished = stopped_sweeps["finished"][name]
     assert (sweep / "0" / "results.json").read_bytes() == finished
     assert json.loads(finished)["status"] == "completed"
     stopped = results(sweep / "1")
