@@ -1,24 +1,33 @@
 """Train and test one configuration: `python train.py model=cnn_bn_dropout data=digits`.
 
-Sweeps: `python train.py -m model=cnn,cnn_bn seed=0,1,2`. See README.md for every option.
+Sweeps: `python train.py -m model=cnn,cnn_bn seed=0,1,2`. Continue an interrupted run:
+`python train.py resume=<run dir>`. See README.md for every option.
 """
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from normlab.cli import exit_on_user_error
-from normlab.run import train
+from normlab.cli import exit_on_user_error, explain_unknown_keys
+from normlab.interrupts import sigterm_as_interrupt
+
+CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    with exit_on_user_error():
+    # Imported here, not at the top: Lightning takes seconds to import, and a mistyped
+    # option should be reported before that.
+    from normlab.run import train
+
+    with exit_on_user_error(), sigterm_as_interrupt():
         results = train(cfg)
     # Returned for sweepers that optimize a metric (hparams_search=optuna).
     return results.get(cfg.get("optimized_metric", "val_acc_best"))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with explain_unknown_keys(sys.argv[1:], CONFIG_DIR, "train"):
+        sys.exit(main())

@@ -12,3 +12,8 @@ __version__ = "0.1.0"
 # one directory).
 if not OmegaConf.has_resolver("pid"):
     OmegaConf.register_new_resolver("pid", lambda: os.getpid(), use_cache=True)
+
+# `${run_dir:...}` and `${config_subdir:...}`: where `resume=<run dir>` runs (conf/hydra).
+from normlab.resume import register_resolvers
+
+register_resolvers()

@@ -16,14 +16,22 @@ from typing import Any
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from normlab.callbacks.history import MetricHistory
+from normlab.config import validate_config
 from normlab.errors import ConfigError, NormlabError
 from normlab.module import ImageClassifier
 from normlab.quiet import quiet_lightning
+from normlab.resume import (
+    checkpoint_to_load,
+    history_from_last_checkpoint,
+    load_run,
+    verify_checkpoint,
+)
 
 log = logging.getLogger("normlab")
 
@@ -44,7 +52,9 @@ def build_network(model_cfg: DictConfig) -> nn.Module:
         while cause.__cause__ is not None:
             cause = cause.__cause__
         if isinstance(cause, ValueError):
-            raise ConfigError(f"model: {cause}") from None
+            message = str(cause)  # most already start with the key (model.norm.num_groups=...)
+            prefix = "" if message.startswith("model.") else "model: "
+            raise ConfigError(prefix + message) from None
         raise
 
 
@@ -86,8 +96,25 @@ def task_overrides() -> list[str]:
     return []
 
 
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def launcher_target() -> str:
+    if HydraConfig.initialized():
+        return str(HydraConfig.get().launcher.get("_target_", ""))
+    return ""
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit and test one configuration; always leaves `results.json` in the output directory."""
+    """Fit and test one configuration; always leaves `results.json` in the output directory.
+
+    With `resume=<run dir>` the run's saved config replaces `cfg` and training continues from
+    its last checkpoint, in that directory.
+    """
+    resumed = load_run(cfg.resume, task_overrides()) if cfg.get("resume") else None
+    if resumed is not None:
+        cfg = resumed.config
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -95,8 +122,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     results: dict[str, Any] = {"status": "failed"}
     trainer: L.Trainer | None = None
     try:
+        validate_config(cfg, multirun=in_multirun(), launcher=launcher_target())
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         net = build_network(cfg.model)
+        checkpoint, checkpoint_key = checkpoint_to_load(cfg, resumed)
+        if checkpoint is not None:
+            verify_checkpoint(checkpoint, checkpoint_key, net)  # before any data is read
         module = build_module(cfg, net)
         datamodule = instantiate(cfg.data)
         callbacks = instantiate_all(cfg.get("callbacks"))
@@ -110,23 +141,36 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             f"{cfg.model.dropout.name}(p={cfg.model.dropout.p})",
             output_dir,
         )
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        if resumed is not None:
+            log.info("resuming %s from %s", output_dir, checkpoint or "the start (no checkpoint)")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        tested = trainer.test(
+            module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True
+        )
         best = str(Path(best).relative_to(output_dir)) if best else ""
         results = collect_results(trainer, tested[0] if tested else {}, best)
     except NormlabError as err:
         results["error"] = str(err)
         raise
+    except (KeyboardInterrupt, SystemExit):
+        # Ctrl-C or SIGTERM (see normlab.interrupts), or Lightning exiting after either.
+        results["status"] = "interrupted"
+        log.warning("interrupted; continue with: python train.py resume=%s", output_dir)
+        raise KeyboardInterrupt from None
     except Exception as err:
         results["error"] = f"{type(err).__name__}: {err}"
         raise
     finally:
-        if trainer is not None and results["status"] == "failed":
-            results.update(collect_results(trainer, {}, "", status="failed"))
+        if trainer is not None and results["status"] in ("failed", "interrupted"):
+            results.update(collect_results(trainer, {}, "", status=results["status"]))
         results["wall_s"] = round(time.perf_counter() - started, 3)
-        results["overrides"] = task_overrides()
-        write_json(output_dir / "results.json", results)
+        results["overrides"] = resumed.overrides if resumed else task_overrides()
+        # Under DDP every rank runs this function; rank 0 holds the reduced metrics.
+        if trainer is None or trainer.is_global_zero:
+            write_json(output_dir / "results.json", results)
+    if not trainer.is_global_zero:
+        return results
     log.info(
         "val acc best %.4f, test acc %.4f; results in %s",
         results["val_acc_best"],
@@ -143,6 +187,8 @@ def collect_results(
     status: str = "completed",
 ) -> dict[str, Any]:
     history = next((cb.epochs for cb in trainer.callbacks if isinstance(cb, MetricHistory)), [])
+    if not history and trainer.checkpoint_callbacks:  # ddp_spawn: epochs ran in child processes
+        history = history_from_last_checkpoint([cb.dirpath for cb in trainer.checkpoint_callbacks])
     final = history[-1] if history else {}
     val_accs = [row["val/acc"] for row in history if "val/acc" in row]
     return {

@@ -2,5 +2,6 @@
 
 from normlab.callbacks.history import MetricHistory
 from normlab.callbacks.progress import TerminalProgressBar
+from normlab.callbacks.rng import RNGState
 
-__all__ = ["MetricHistory", "TerminalProgressBar"]
+__all__ = ["MetricHistory", "RNGState", "TerminalProgressBar"]

@@ -1,0 +1,239 @@
+"""Check a composed config before anything is built or any data is read.
+
+Every mistake a user can type gets one message that names the key and the fix, instead of a
+traceback from deep inside Lightning or PyTorch minutes into a run. Checks that need no heavy
+imports run first, so the commonest mistakes fail in well under a second.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import numbers
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from normlab.errors import ConfigError
+
+# Keys Hydra's instantiate reads itself.
+INSTANTIATE_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
+# Keys of `model` that configure the LightningModule or the layer factories, not the network.
+MODEL_EXTRA_KEYS = {"compile", "channels_last", "norm", "dropout"}
+
+
+def validate_config(cfg: DictConfig, multirun: bool = False, launcher: str = "") -> None:
+    """Raise ConfigError for the first value or key in `cfg` that cannot work.
+
+    `multirun` and `launcher` (Hydra's launcher `_target_`) describe how the run was started,
+    for the checks on DDP inside sweeps.
+    """
+    check_values(cfg)
+    check_distributed(cfg, multirun, launcher)
+    check_keys(cfg)
+
+
+def check_values(cfg: DictConfig) -> None:
+    positive_int(cfg, "data.batch_size", "images per step, per process under DDP", 32)
+    positive_int(cfg, "data.eval_batch_size", "images per evaluation batch", 1000)
+    positive_int(cfg, "data.val_size", "training images held out for validation", 5000)
+    if OmegaConf.select(cfg, "data.train_size") is not None:
+        positive_int(cfg, "data.train_size", "training images kept (null = all)", 10000)
+    positive_int(cfg, "trainer.max_epochs", "passes over the training set", 10)
+    lr = OmegaConf.select(cfg, "optimizer.lr")
+    if not is_number(lr) or lr <= 0:
+        raise ConfigError(
+            f"optimizer.lr={lr!r}: the learning rate must be a positive number, "
+            "e.g. optimizer.lr=0.05 (SGD) or optimizer.lr=1e-3 (AdamW)."
+        )
+    if not isinstance(cfg.get("seed"), int) or isinstance(cfg.get("seed"), bool):
+        raise ConfigError(f"seed={cfg.get('seed')!r}: the seed must be an integer, e.g. seed=0.")
+
+
+def positive_int(cfg: DictConfig, key: str, meaning: str, example: int) -> None:
+    value = OmegaConf.select(cfg, key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(
+            f"{key}={value!r}: must be a positive integer ({meaning}), e.g. {key}={example}."
+        )
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_distributed(cfg: DictConfig, multirun: bool, launcher: str) -> None:
+    strategy = str(OmegaConf.select(cfg, "trainer.strategy", default="auto"))
+    # Lightning's "ddp" starts the other ranks by re-running this very command line; with
+    # --multirun in it, every rank would run the whole sweep again. A SLURM launcher starts
+    # the ranks itself (one task per device), so nothing is re-run there.
+    relaunches = strategy.startswith("ddp") and "spawn" not in strategy
+    if multirun and relaunches and "submitit" not in launcher:
+        raise ConfigError(
+            f"trainer.strategy={strategy} inside --multirun: DDP re-runs the command line "
+            "once per process, so every process would re-run the whole sweep. Sweep with "
+            "trainer.strategy=ddp_spawn on one machine, or with hydra/launcher=slurm (one "
+            "SLURM job per run); single runs (no -m) can use trainer=ddp as it is."
+        )
+    if "submitit" in launcher and "slurm" in launcher.lower():
+        devices = OmegaConf.select(cfg, "trainer.devices")
+        if not isinstance(devices, int) or devices < 1:
+            raise ConfigError(
+                f"trainer.devices={devices!r} with hydra/launcher=slurm: SLURM starts one task "
+                "per device and needs the count up front; set trainer.devices to the GPUs per "
+                "node, e.g. trainer.devices=4."
+            )
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Every key of a `_target_` node must be a parameter of its target (did-you-mean)."""
+    nodes: list[tuple[str, Any]] = [
+        ("data", cfg.get("data")),
+        ("trainer", cfg.get("trainer")),
+        ("optimizer", cfg.get("optimizer")),
+        ("model", cfg.get("model")),
+    ]
+    for group in ("callbacks", "logger"):
+        for name, node in (cfg.get(group) or {}).items():
+            nodes.append((f"{group}.{name}", node))
+    for path, node in nodes:
+        if not isinstance(node, Mapping) or "_target_" not in node:
+            continue
+        accepted = accepted_parameters(path, node["_target_"])
+        if accepted is None:
+            continue  # the target takes arbitrary keyword arguments
+        ignored = INSTANTIATE_KEYS | (MODEL_EXTRA_KEYS if path == "model" else set())
+        for key in node:
+            if key not in accepted and key not in ignored:
+                raise ConfigError(unknown_key_message(f"{path}.{key}", accepted, node["_target_"]))
+
+
+def accepted_parameters(path: str, target: str) -> set[str] | None:
+    """Keyword parameters a `_target_` accepts, following `**kwargs` up the class hierarchy."""
+    from hydra.utils import get_object
+
+    try:
+        obj = get_object(target)
+    except Exception as err:
+        raise ConfigError(
+            f"{path}._target_={target}: cannot import it ({err}). Check the spelling of the "
+            "class path in the config file."
+        ) from None
+    functions = [obj]
+    if inspect.isclass(obj):
+        functions = [c.__init__ for c in obj.__mro__ if "__init__" in vars(c)]
+    accepted: set[str] = set()
+    for function in functions:
+        try:
+            params = inspect.signature(function).parameters.values()
+        except (TypeError, ValueError):
+            return None
+        accepted |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            return accepted
+    return None
+
+
+def unknown_key_message(key: str, candidates: Iterable[str], owner: str = "") -> str:
+    parent, _, leaf = key.rpartition(".")
+    match = difflib.get_close_matches(leaf, sorted(candidates), n=1, cutoff=0.6)
+    where = f" ({owner})" if owner else ""
+    hint = f"did you mean {parent + '.' if parent else ''}{match[0]}?" if match else ""
+    return (
+        f"{key} is not a setting of {parent or 'the config'}{where}; {hint or 'check the key.'}"
+        " `python train.py --cfg job` prints every setting."
+    )
+
+
+def unknown_override_hints(overrides: list[str], config_dir: Path, config_name: str) -> list[str]:
+    """Messages for command-line `key=value` overrides whose key does not exist.
+
+    Hydra rejects such a key with advice to add it with `+`, which is wrong for a typo; this
+    finds the setting the user most likely meant. The config is composed with only the
+    group choices on the command line (e.g. `data=digits`), so it has the keys those choices
+    bring.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = [o for o in overrides if "=" in o and not o.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:
+        return []  # Hydra has already explained a malformed override
+    groups = [
+        o.input_line
+        for o in parsed
+        if not o.is_sweep_override() and (config_dir / o.key_or_group).is_dir()
+    ]
+    plain = [
+        o.key_or_group
+        for o in parsed
+        if not (o.is_add() or o.is_force_add() or o.is_delete() or o.is_hydra_override())
+        and not (config_dir / o.key_or_group).is_dir()
+    ]
+    if not plain:
+        return []
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            cfg = compose(config_name, overrides=groups)
+    except Exception:
+        return []
+    finally:
+        GlobalHydra.instance().clear()
+    hints = []
+    for key in plain:
+        parts = key.split(".")
+        node: Any = cfg
+        for depth, part in enumerate(parts):
+            if not isinstance(node, DictConfig) or part not in node:
+                known = list(node.keys()) if isinstance(node, DictConfig) else []
+                wrong = ".".join(parts[: depth + 1])
+                hints.append(unknown_key_message(wrong, known))
+                break
+            node = node[part]
+    return hints
+
+
+def check_paths(run_dir: str | Path, data_root: str | Path | None) -> None:
+    """The run directory can be created, and the data folder read or created."""
+    if not can_create(Path(run_dir)):
+        raise ConfigError(
+            f"cannot create the run directory {run_dir}: {blocker(Path(run_dir))}. Point "
+            "paths.log_dir at a writable folder, e.g. paths.log_dir=$HOME/normlab-logs."
+        )
+    if data_root is not None:
+        root = Path(data_root).expanduser()
+        if root.exists() and not (root.is_dir() and os.access(root, os.R_OK | os.X_OK)):
+            raise ConfigError(
+                f"data.root={data_root} is not a readable folder. Point data.root (or "
+                "paths.data_dir) at the folder that holds the dataset, or at a writable one "
+                "to download it into."
+            )
+        if not root.exists() and not can_create(root):
+            raise ConfigError(
+                f"data.root={data_root}: cannot create the data folder: {blocker(root)}. Point "
+                "data.root (or paths.data_dir) at a writable folder, e.g. data.root=$HOME/data."
+            )
+
+
+def can_create(path: Path) -> bool:
+    return blocker(path) == ""
+
+
+def blocker(path: Path) -> str:
+    """Why `path` cannot be created as a directory ("" when it can or already is one)."""
+    path = path.expanduser().absolute()
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                return f"{candidate} is a file, not a folder"
+            if not os.access(candidate, os.W_OK | os.X_OK):
+                return f"{candidate} is not writable"
+            return ""
+    return ""

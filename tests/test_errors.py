@@ -1,0 +1,205 @@
+"""Every bad input through the real `train.py`: exit code 1, one message naming the key and
+the fix, no traceback, no results.json that claims "completed", nothing already written
+lost. Validation runs before data is read, so most cases take about a second; they run side
+by side in one module fixture.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from conftest import CONF, REPO, write_fake_cifar10
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from normlab.config import validate_config
+from normlab.data import BatchTransform, TensorBatchLoader
+from normlab.run import build_module, build_network
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    args: str  # command-line overrides, space-separated
+    says: tuple[str, ...]  # fragments of the message
+    # Validation happens before Hydra creates the run directory, so nothing is written,
+    # except where the mistake can only show once data is read.
+    writes_failed_run: bool = False
+
+
+CASES = [
+    Case("unknown option", "model=resnet999",
+         ("Could not find 'model/resnet999'", "Available options in 'model'", "cnn_bn")),
+    Case("misspelled key", "trainer.max_epoch=3", ("did you mean trainer.max_epochs?",)),
+    Case("misspelled data key", "data.batchsize=4", ("did you mean data.batch_size?",)),
+    Case("misspelled key added with +", "+trainer.max_epoch=3",
+         ("trainer.max_epoch is not a setting of trainer", "did you mean trainer.max_epochs?")),
+    Case("dropout above 1", "model.dropout.p=1.5", ("model.dropout.p", "between 0 and 1")),
+    Case("negative dropout", "model.dropout.p=-0.1", ("model.dropout.p", "between 0 and 1")),
+    Case("zero batch size", "data.batch_size=0",
+         ("data.batch_size=0: must be a positive integer", "data.batch_size=32")),
+    Case("negative learning rate", "optimizer.lr=-0.01",
+         ("optimizer.lr=-0.01", "must be a positive number")),
+    Case("zero learning rate", "optimizer.lr=0", ("optimizer.lr=0", "positive number")),
+    Case("zero epochs", "trainer.max_epochs=0",
+         ("trainer.max_epochs=0: must be a positive integer",)),
+    Case("groups not dividing channels", "model=cnn model/norm=group model.norm.num_groups=4",
+         ("model.norm.num_groups=4 does not divide the 6 channels",)),
+    Case("unwritable log folder", "paths.log_dir={file}/logs",
+         ("cannot create the run directory", "is a file, not a folder", "paths.log_dir")),
+    Case("unwritable data folder", "data=cifar10 data.root={file}/cifar",
+         ("data.root=", "cannot create the data folder", "is a file, not a folder")),
+    Case("corrupt dataset files",
+         "data=cifar10 data.root={corrupt} data.download=false data.verify_checksums=false",
+         ("CIFAR-10 files in", "could not be read", "corrupt"), writes_failed_run=True),
+    Case("checkpoint of another architecture", "ckpt_path={cnn_checkpoint}",
+         ("was saved by a different architecture (SeedCNN with norm=none, dropout=none)",
+          "it lacks 10 of this network's tensors (features.0.norm.weight,")),
+    Case("checkpoint carrying pickled code", "ckpt_path={pickled_checkpoint}",
+         ("refused to load", "pickled Python objects (test_errors.Payload)", "weights_only=True")),
+    Case("missing checkpoint file", "ckpt_path={missing}/last.ckpt", ("no such file",)),
+    Case("ckpt_path=last in a new run", "ckpt_path=last", ("resume=<its run dir>",)),
+    Case("run directory that does not exist", "resume={missing}", ("no such run directory",)),
+    Case("resume with overrides that change the run", "resume={saved_run} optimizer.lr=1",
+         ("optimizer.lr=1 would change it",)),
+    Case("plain DDP inside a sweep", "-m trainer=ddp_cpu seed=0,1",
+         ("every process would re-run the whole sweep", "ddp_spawn", "hydra/launcher=slurm")),
+]  # fmt: skip
+
+
+class Payload:
+    """Stands for any object whose unpickling would run code."""
+
+
+def compose_config(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+def write_lightning_checkpoint(path: Path, model: str) -> dict:
+    """A real checkpoint of `model`: one optimizer step of Lightning, then save_checkpoint."""
+    cfg = compose_config([f"model={model}", "data=digits", "logger=none"])
+    module = build_module(cfg, build_network(cfg.model))
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    loader = TensorBatchLoader(
+        images, torch.randint(0, 10, (8,)), 4, BatchTransform((0.5,) * 3, (0.5,) * 3), train=True
+    )
+    trainer = L.Trainer(
+        max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(module, train_dataloaders=loader)
+    trainer.save_checkpoint(path)
+    return torch.load(path, weights_only=True)
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("errors")
+    (root / "file").write_text("a file where a folder is expected\n")
+    corrupt = root / "corrupt"
+    write_fake_cifar10(corrupt)
+    batch = corrupt / "cifar-10-batches-py" / "data_batch_1"
+    batch.write_bytes(batch.read_bytes()[:500])  # truncated mid-pickle
+    checkpoint = write_lightning_checkpoint(root / "cnn.ckpt", "cnn")
+    torch.save({**checkpoint, "payload": Payload()}, root / "pickled.ckpt")
+    saved_run = root / "saved_run"
+    (saved_run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(compose_config(["data=digits"]), saved_run / ".hydra" / "config.yaml")
+    (saved_run / "results.json").write_text(json.dumps({"status": "interrupted"}))
+    paths = {
+        "file": root / "file",
+        "corrupt": corrupt,
+        "cnn_checkpoint": root / "cnn.ckpt",
+        "pickled_checkpoint": root / "pickled.ckpt",
+        "missing": root / "missing",
+        "saved_run": saved_run,
+    }
+    before = tree_digest(saved_run)
+
+    def run(index_case: tuple[int, Case]) -> tuple[subprocess.CompletedProcess, Path]:
+        index, case = index_case
+        case_dir = root / f"case{index}"
+        case_dir.mkdir()
+        args = [a.format(**paths) for a in case.args.split()]
+        if not any(a.startswith(("data=", "resume=")) for a in args):
+            args.append("data=digits")
+        if not any(a.startswith("paths.log_dir=") for a in args):
+            args.append(f"paths.log_dir={case_dir / 'logs'}")
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "train.py"), *args],
+            cwd=case_dir,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        return proc, case_dir
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        done = list(pool.map(run, enumerate(CASES)))
+    return {
+        "by_name": {case.name: result for case, result in zip(CASES, done, strict=True)},
+        "saved_run": (saved_run, before),
+        "missing": paths["missing"],
+        "root": root,
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_exits_with_one_clear_message(outcomes, case):
+    proc, case_dir = outcomes["by_name"][case.name]
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    message = " ".join(proc.stderr.split())  # the message may wrap
+    for fragment in case.says:
+        assert fragment in message, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    results = [json.loads(p.read_text()) for p in case_dir.rglob("results.json")]
+    assert all(r["status"] != "completed" for r in results)
+    if case.writes_failed_run:
+        assert [r["status"] for r in results] == ["failed"] and results[0]["error"]
+    else:
+        assert not (case_dir / "logs").exists(), "a run directory was created"
+
+
+def test_nothing_already_written_is_lost(outcomes):
+    saved_run, before = outcomes["saved_run"]
+    assert tree_digest(saved_run) == before
+    assert not outcomes["missing"].exists()  # resume= does not create the folder it names
+
+
+GROUPS = ("data", "model", "model/norm", "model/dropout", "optimizer", "scheduler", "trainer")
+SHIPPED = [
+    f"{group}={path.stem}"
+    for group in (*GROUPS, "logger", "debug", "experiment")
+    for path in sorted((CONF / group).glob("*.yaml"))
+]
+
+
+@pytest.mark.parametrize("choice", SHIPPED)
+def test_every_shipped_config_passes_validation(compose_cfg, choice):
+    """The checks reject mistakes, not the template's own options."""
+    validate_config(compose_cfg([choice]))

@@ -1,0 +1,205 @@
+"""Resume and reproducibility through the real `train.py`: a run killed with SIGKILL after its
+first checkpoint, resumed with `resume=<run dir>`, ends bit-identical to the same run done
+without interruption; the same seed gives the same run; concurrent runs get their own
+directories.
+
+One set of processes serves every test here (a module fixture); each `train.py` costs
+seconds of imports, so they run side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO
+from omegaconf import OmegaConf
+
+# Three epochs with dropout (the default model), so epochs after the kill draw dropout masks.
+CONFIG = ["data=digits", "data.train_size=600", "trainer.max_epochs=3"]
+EPOCHS = 3
+SAME_SECOND = "2025-01-31_12-00-00"
+
+
+def start_train(*args: str, cwd: Path) -> subprocess.Popen:
+    # One thread per process: the runs share the machine's cores, and oversubscribed OpenMP
+    # threads spin instead of working (several times slower here).
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def without_timings(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "time/epoch_s"} for row in history]
+
+
+def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("resume")
+    # Two identical uninterrupted runs whose directories differ only by the `${pid:}` suffix
+    # of the default pattern (as two runs started in the same second), and a third run that
+    # is killed once its first checkpoint exists.
+    same_second = f"hydra.run.dir=logs/runs/{SAME_SECOND}_${{pid:}}"
+    uninterrupted = [start_train(*CONFIG, same_second, cwd=root) for _ in range(2)]
+    killed_dir = root / "killed"
+    victim = start_train(*CONFIG, f"hydra.run.dir={killed_dir}", cwd=root)
+    last = killed_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    output = victim.communicate()[0]
+    assert last.exists(), output[-3000:]
+    killed_epoch = torch.load(last, weights_only=True)["epoch"]
+    killed_config = (killed_dir / ".hydra" / "config.yaml").read_text()
+    outputs = [finish(p) for p in uninterrupted]
+    run_dirs = sorted((root / "logs" / "runs").iterdir())
+
+    # Control: the same interrupted run resumed without the RNG callback.
+    no_rng_dir = root / "killed_without_rng_state"
+    shutil.copytree(killed_dir, no_rng_dir)
+    config = OmegaConf.load(no_rng_dir / ".hydra" / "config.yaml")
+    del config.callbacks["rng_state"]
+    OmegaConf.save(config, no_rng_dir / ".hydra" / "config.yaml")
+    # A run killed after Hydra saved its config but before its first checkpoint.
+    early_dir = root / "killed_before_first_checkpoint"
+    shutil.copytree(run_dirs[0] / ".hydra", early_dir / ".hydra")
+
+    resumes = [start_train(f"resume={d}", cwd=root) for d in (killed_dir, no_rng_dir, early_dir)]
+    resume_outputs = [finish(p) for p in resumes]
+    return {
+        "root": root,
+        "uninterrupted": run_dirs,
+        "outputs": outputs,
+        "killed": killed_dir,
+        "killed_epoch": killed_epoch,
+        "killed_config": killed_config,
+        "no_rng": no_rng_dir,
+        "early": early_dir,
+        "resume_outputs": resume_outputs,
+    }
+
+
+@pytest.mark.slow
+def test_sigkilled_run_resumes_in_its_directory_to_identical_weights_and_metrics(runs):
+    reference, resumed = runs["uninterrupted"][0], runs["killed"]
+    assert runs["killed_epoch"] < EPOCHS - 1, "the run finished before it could be killed"
+    assert f"resuming {resumed}" in runs["resume_outputs"][0]
+    assert same_weights(weights(resumed), weights(reference))
+    expected, got = results(reference), results(resumed)
+    assert got["status"] == "completed" and got["epochs_completed"] == EPOCHS
+    assert without_timings(got["history"]) == without_timings(expected["history"])
+    for key in ("val_acc_best", "val_acc_final", "test_acc", "test_loss", "train_loss_final"):
+        assert got[key] == expected[key], key
+    # Same directory, original config and overrides kept; no new run directory appeared.
+    assert (resumed / ".hydra" / "config.yaml").read_text() == runs["killed_config"]
+    assert got["overrides"] == CONFIG
+    assert len(list((runs["root"] / "logs" / "runs").iterdir())) == 2
+
+
+@pytest.mark.slow
+def test_without_the_rng_callback_the_resumed_run_diverges(runs):
+    """The control: Lightning alone restores weights, optimizer and loops, yet the dropout
+    masks after the resume differ, and so do the final weights."""
+    assert not same_weights(weights(runs["no_rng"]), weights(runs["uninterrupted"][0]))
+
+
+@pytest.mark.slow
+def test_run_killed_before_its_first_checkpoint_resumes_from_the_start(runs):
+    assert "from the start (no checkpoint)" in runs["resume_outputs"][2]
+    assert same_weights(weights(runs["early"]), weights(runs["uninterrupted"][0]))
+    assert results(runs["early"])["epochs_completed"] == EPOCHS
+
+
+@pytest.mark.slow
+def test_same_config_and_seed_give_identical_runs(runs):
+    first, second = runs["uninterrupted"]
+    assert without_timings(results(first)["history"]) == without_timings(results(second)["history"])
+    assert results(first)["test_acc"] == results(second)["test_acc"]
+    assert same_weights(weights(first), weights(second))
+
+
+@pytest.mark.slow
+def test_runs_started_in_the_same_second_get_their_own_directories(runs, compose_cfg):
+    default = compose_cfg().hydra.run._get_node("dir")._value()
+    assert default.endswith("${now:%Y-%m-%d_%H-%M-%S}_${pid:}}"), default
+    first, second = runs["uninterrupted"]
+    assert first.name.startswith(SAME_SECOND) and second.name.startswith(SAME_SECOND)
+    assert first != second
+    for run_dir, output in zip(runs["uninterrupted"], runs["outputs"], strict=True):
+        assert results(run_dir)["status"] == "completed" and str(run_dir.name) in output
+
+
+SIGNALS = {"SIGTERM": signal.SIGTERM, "Ctrl-C": signal.SIGINT}
+
+
+@pytest.fixture(scope="module")
+def stopped_sweeps(tmp_path_factory) -> dict:
+    """One three-job sweep per signal, side by side, each signalled while its second job
+    trains."""
+    root = tmp_path_factory.mktemp("sweeps")
+    sweep = ["-m", "data=digits", "data.train_size=200", "trainer.max_epochs=10", "seed=0,1,2"]
+    procs = {
+        name: start_train(*sweep, f"hydra.sweep.dir={root / name}", cwd=root) for name in SIGNALS
+    }
+    finished, waiting = {}, set(SIGNALS)
+    deadline = time.monotonic() + 300
+    while waiting and time.monotonic() < deadline:
+        for name in list(waiting):
+            if (root / name / "1" / "checkpoints" / "last.ckpt").exists():
+                finished[name] = (root / name / "0" / "results.json").read_bytes()
+                procs[name].send_signal(SIGNALS[name])
+                waiting.discard(name)
+            elif procs[name].poll() is not None:
+                waiting.discard(name)
+        time.sleep(0.01)
+    outputs = {name: proc.communicate(timeout=120)[0] for name, proc in procs.items()}
+    return {"root": root, "procs": procs, "outputs": outputs, "finished": finished}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SIGNALS)
+def test_stopped_sweep_keeps_finished_jobs_and_marks_the_interrupted_one(stopped_sweeps, name):
+    sweep, output = stopped_sweeps["root"] / name, stopped_sweeps["outputs"][name]
+    assert name in stopped_sweeps["finished"], output[-3000:]
+    assert stopped_sweeps["procs"][name].returncode == 130, output[-3000:]
+    finished = stopped_sweeps["finished"][name]
+    assert (sweep / "0" / "results.json").read_bytes() == finished
+    assert json.loads(finished)["status"] == "completed"
+    stopped = results(sweep / "1")
+    assert stopped["status"] == "interrupted", stopped
+    assert 1 <= stopped["epochs_completed"] < 10 and len(stopped["history"]) >= 1
+    assert not (sweep / "2").exists()  # the sweep stopped
+    assert f"resume={sweep / '1'}" in output
