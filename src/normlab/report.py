@@ -49,6 +49,11 @@ class Job:
     name: str
     overrides: list[str]
     results: dict[str, Any]
+    config: str = ""  # label of its configuration, set when the sweep is grouped
+
+    @property
+    def settings(self) -> dict[str, str]:
+        return dict(split_override(o) for o in self.overrides)
 
     @property
     def status(self) -> str:
@@ -60,14 +65,24 @@ class Job:
 
     @property
     def seed(self) -> str | None:
-        return dict(split_override(o) for o in self.overrides).get("seed")
+        return self.settings.get("seed")
 
     def value(self, key: str) -> float | None:
+        """A number from results.json, or the derived `train_val_gap`; None when absent."""
         if key == "train_val_gap":
             train, val = self.value("train_acc_final"), self.value("val_acc_final")
             return None if train is None or val is None else train - val
         value = self.results.get(key)
-        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+        return float(value) if isinstance(value, int | float) else None
+
+    @property
+    def detail(self) -> str:
+        """One line on what went wrong, for the table of diverged and failed jobs."""
+        if self.status == "diverged":
+            step = self.results.get("diverged_at_step")
+            return f"loss NaN/inf or above max_loss by step {step}"
+        error = str(self.results.get("error") or "")
+        return error.splitlines()[0][:200] if error else ""
 
 
 @dataclass
@@ -82,12 +97,24 @@ class Config:
         values = (job.value(key) for job in self.jobs if job.measured)
         return [v for v in values if v is not None and math.isfinite(v)]
 
+    def per_epoch(self, key: str = "val/acc") -> dict[int, list[float]]:
+        """Each epoch's values of a history metric, over the measured jobs (epoch from 0)."""
+        epochs: dict[int, list[float]] = {}
+        for job in self.jobs:
+            if not job.measured:
+                continue
+            for row in job.results.get("history", []):
+                value = row.get(key)
+                if isinstance(value, int | float) and math.isfinite(value):
+                    epochs.setdefault(int(row["epoch"]), []).append(float(value))
+        return dict(sorted(epochs.items()))
+
     def count(self, status: str) -> int:
         return sum(job.status == status for job in self.jobs)
 
     @property
-    def not_measured(self) -> int:
-        return sum(not job.measured for job in self.jobs)
+    def measured(self) -> int:
+        return sum(job.measured for job in self.jobs)
 
 
 @dataclass
@@ -138,7 +165,9 @@ def find_job_dirs(sweep_dir: Path) -> list[Path]:
         if d.is_dir() and ((d / "results.json").exists() or (d / ".hydra").is_dir())
     ]
     # Hydra numbers jobs 0, 1, ... 10: sort numerically, so the report follows sweep order.
-    return sorted(dirs, key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name))
+    return sorted(
+        dirs, key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name)
+    )
 
 
 def load_sweep(sweep_dir: Path) -> Sweep:
@@ -154,7 +183,7 @@ def load_sweep(sweep_dir: Path) -> Sweep:
             f"{sweep_dir} holds no job directories (folders with results.json or .hydra/); "
             "pass the folder of a multirun, e.g. logs/multiruns/<date>_<time>_<pid>."
         )
-    settings = [dict(split_override(o) for o in job.overrides) for job in jobs]
+    settings = [job.settings for job in jobs]
     keys = list(dict.fromkeys(k for s in settings for k in s))
     varying = [k for k in keys if len({s.get(k) for s in settings}) > 1]
     fixed = [f"{k}={settings[0][k]}" for k in keys if k not in varying]
@@ -166,6 +195,7 @@ def load_sweep(sweep_dir: Path) -> Sweep:
             label = ", ".join(f"{k}={v}" for k, v in axes.items()) or "all runs"
             configs[key] = Config(label, axes)
         configs[key].jobs.append(job)
+        job.config = configs[key].label
     return Sweep(sweep_dir, jobs, list(configs.values()), varying, fixed)
 
 
@@ -195,14 +225,12 @@ def write_csv(sweep: Sweep, path: Path) -> None:
     axes = [k for k in sweep.varying if k != "seed"]
     metrics = csv_columns(sweep.jobs)
     header = ["job", "config", "seed", "status", *axes, *metrics, "overrides"]
-    config_of = {id(job): config for config in sweep.configs for job in config.jobs}
     with _atomic(path, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for job in sweep.jobs:
-            setting = dict(split_override(o) for o in job.overrides)
-            row: list[Any] = [job.name, config_of[id(job)].label, job.seed, job.status]
-            row += [setting.get(k, "") for k in axes]
+            row: list[Any] = [job.name, job.config, job.seed, job.status]
+            row += [job.settings.get(k, "") for k in axes]
             for key in metrics:
                 value = job.value(key) if key == "train_val_gap" else job.results.get(key)
                 row.append("" if value is None else value)
@@ -211,12 +239,14 @@ def write_csv(sweep: Sweep, path: Path) -> None:
 
 
 def markdown(sweep: Sweep, plots: Sequence[str]) -> str:
-    counts = {s: sum(j.status == s for j in sweep.jobs) for s in dict.fromkeys(j.status for j in sweep.jobs)}
+    counts: dict[str, int] = {}
+    for job in sweep.jobs:
+        counts[job.status] = counts.get(job.status, 0) + 1
     lines = [
         f"# Sweep report: {sweep.path.name}",
         "",
         f"{len(sweep.jobs)} jobs in {len(sweep.configs)} configurations: "
-        + ", ".join(f"{n} {s}" for s, n in counts.items())
+        + ", ".join(f"{n} {status}" for status, n in counts.items())
         + ".",
     ]
     if sweep.fixed:
@@ -228,50 +258,84 @@ def markdown(sweep: Sweep, plots: Sequence[str]) -> str:
         "validation accuracy). The gap is the final epoch's training accuracy (averaged over the "
         "epoch, dropout active) minus its validation accuracy.",
         "",
-        "| configuration | n | " + " | ".join(title for title, _ in AGGREGATES) + " | diverged | failed |",
-        "|---|---:|" + "---:|" * len(AGGREGATES) + "---:|---:|",
+        *_table(
+            ["configuration", "n", *(title for title, _ in AGGREGATES), "diverged", "failed"],
+            [
+                [
+                    config.label,
+                    str(config.measured),
+                    *(format_mean_std(config.values(k), config.measured) for _, k in AGGREGATES),
+                    str(config.count("diverged")),
+                    str(len(config.jobs) - config.measured),
+                ]
+                for config in sweep.configs
+            ],
+        ),
     ]
-    for config in sweep.configs:
-        n = sum(job.measured for job in config.jobs)
-        cells = [format_mean_std(config.values(key), n) for _, key in AGGREGATES]
-        lines.append(
-            f"| {config.label} | {n} | " + " | ".join(cells)
-            + f" | {config.count('diverged')} | {config.not_measured} |"
-        )
     ranked = [c for c in sweep.configs if c.values("val_acc_best")]
     if len(ranked) > 1:
         best = max(ranked, key=lambda c: statistics.fmean(c.values("val_acc_best")))
         lines += ["", f"Best mean validation accuracy: **{best.label}**."]
-    lines += _problem_jobs(sweep)
+    lines += _epoch_section(sweep)
+    lines += _problem_section(sweep)
     if plots:
         lines += ["", "## Plots", ""]
         lines += [f"![{Path(p).stem.replace('_', ' ')}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
 
 
-def _problem_jobs(sweep: Sweep) -> list[str]:
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """A markdown table; every column but the first right-aligned (numbers)."""
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for row in rows:
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    return lines
+
+
+def _epoch_section(sweep: Sweep, max_columns: int = 12) -> list[str]:
+    """Mean validation accuracy per epoch: how fast each configuration learns."""
+    per_config = [(config, config.per_epoch("val/acc")) for config in sweep.configs]
+    last = max((max(epochs) for _, epochs in per_config if epochs), default=None)
+    if last is None:
+        return []
+    shown = list(range(last + 1))
+    if len(shown) > max_columns:  # evenly spaced epochs, always the first and the last
+        step = last / (max_columns - 1)
+        shown = sorted({round(i * step) for i in range(max_columns)})
+    rows = [
+        [config.label]
+        + [f"{statistics.fmean(epochs[e]):.4f}" if e in epochs else "–" for e in shown]
+        for config, epochs in per_config
+    ]
+    return [
+        "",
+        "## Validation accuracy per epoch (mean over seeds)",
+        "",
+        *_table(["val acc per epoch", *(str(e + 1) for e in shown)], rows),
+    ]
+
+
+def _problem_section(sweep: Sweep) -> list[str]:
     problems = [job for job in sweep.jobs if job.status != "completed"]
     if not problems:
         return []
-    lines = [
+    rows = [
+        [
+            job.name,
+            job.config,
+            job.seed or "–",
+            job.status,
+            str(job.results.get("epochs_completed", "–")),
+            job.detail,
+        ]
+        for job in problems
+    ]
+    return [
         "",
         "## Diverged and failed jobs",
         "",
-        "| job | configuration | seed | status | epochs | detail |",
-        "|---|---|---|---|---:|---|",
+        *_table(["job", "configuration", "seed", "status", "epochs", "detail"], rows),
     ]
-    config_of = {id(job): config.label for config in sweep.configs for job in config.jobs}
-    for job in problems:
-        if job.status == "diverged":
-            detail = f"loss NaN/inf or above max_loss by step {job.results.get('diverged_at_step')}"
-        else:
-            detail = str(job.results.get("error", "")).splitlines()[0] if job.results.get("error") else ""
-        detail = detail.replace("|", "\\|")[:200]
-        epochs = job.results.get("epochs_completed", "–")
-        lines.append(
-            f"| {job.name} | {config_of[id(job)]} | {job.seed or '–'} | {job.status} | {epochs} | {detail} |"
-        )
-    return lines
 
 
 def write_report(sweep_dir: Path | str, plots: bool = True) -> Path:

@@ -94,18 +94,11 @@ def _val_curves(configs: list[Config]) -> Figure:
     fig = _figure(9 if len(configs) > 8 else 7, 4.5)
     ax = fig.add_subplot()
     for config, color in zip(configs, _colors(len(configs)), strict=True):
-        per_epoch: dict[int, list[float]] = defaultdict(list)
-        for job in config.jobs:
-            if not job.measured:
-                continue
-            for row in job.results.get("history", []):
-                value = row.get("val/acc")
-                if value is not None and math.isfinite(value):
-                    per_epoch[int(row["epoch"]) + 1].append(value)
+        per_epoch = config.per_epoch("val/acc")
         if not per_epoch:
             continue
-        epochs = sorted(per_epoch)
-        stats = [mean_std(per_epoch[e]) for e in epochs]
+        epochs = [e + 1 for e in per_epoch]
+        stats = [mean_std(values) for values in per_epoch.values()]
         means = [m for m, _ in stats]
         stds = [s or 0.0 for _, s in stats]
         n = max(len(v) for v in per_epoch.values())
@@ -118,7 +111,12 @@ def _val_curves(configs: list[Config]) -> Figure:
             alpha=0.2,
             linewidth=0,
         )
-    ax.set(xlabel="epoch", ylabel="validation accuracy", title="Validation accuracy (mean ± std over seeds)")
+    ax.set(
+        xlabel="epoch",
+        ylabel="validation accuracy",
+        title="Validation accuracy (mean ± std over seeds)",
+    )
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     _legend(ax, len(configs))
     return fig
@@ -142,7 +140,9 @@ def _final_accuracy(configs: list[Config]) -> Figure:
     for tick, config in zip(ax.get_yticklabels(), configs, strict=True):
         if config.count("diverged"):
             tick.set_color("crimson")
-    ax.set(xlabel="accuracy", title="Accuracy per configuration (mean ± std; red: some runs diverged)")
+    ax.set(
+        xlabel="accuracy", title="Accuracy per configuration (mean ± std; red: some runs diverged)"
+    )
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize="small", loc="best")
     return fig
@@ -186,6 +186,6 @@ def _accuracy_vs(configs: list[Config], axis: str) -> Figure:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy")
     _legend(axes[-1], len(series))
-    n = statistics.median(len(c.values("test_acc")) or 1 for c in configs)
-    fig.suptitle(f"Against {axis} (mean ± std over ~{n:g} seeds per point)")
+    seeds = statistics.median(len(c.values("test_acc")) for c in configs)
+    fig.suptitle(f"Against {axis}: mean ± std over the seeds of each point (median n = {seeds:g})")
     return fig
