@@ -137,12 +137,13 @@ def _final_accuracy(configs: list[Config]) -> Figure:
             ax.errorbar(mean, y + offset, xerr=std or 0.0, fmt="o", color=color, capsize=3,
                         label=label if y == positions[0] else None)  # fmt: skip
     ax.set_yticks(positions, [c.label for c in configs], fontsize="small")
+    title = "Accuracy per configuration (mean ± std over seeds)"
+    if any(config.count("diverged") for config in configs):
+        title += "\nred: some of its runs diverged"
     for tick, config in zip(ax.get_yticklabels(), configs, strict=True):
         if config.count("diverged"):
             tick.set_color("crimson")
-    ax.set(
-        xlabel="accuracy", title="Accuracy per configuration (mean ± std; red: some runs diverged)"
-    )
+    ax.set(xlabel="accuracy", title=title)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize="small", loc="best")
     return fig
