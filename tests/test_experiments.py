@@ -35,16 +35,29 @@ def test_the_issue_s_experiments_are_all_packaged():
     }  # fmt: skip
 
 
+def configurations(params: dict[str, list[str]]) -> list[dict[str, str]]:
+    """Every network the sweep builds (all combinations of the `model...` overrides), and
+    every value of the other overrides once (they do not change the network)."""
+    model_keys = [k for k in params if k.startswith("model")]
+    first = {k: v[0] for k, v in params.items()}
+    combos = [
+        {**first, **dict(zip(model_keys, values, strict=True))}
+        for values in itertools.product(*(params[k] for k in model_keys))
+    ]
+    combos += [{**first, key: v} for key in params if key not in model_keys for v in params[key]]
+    return combos
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_sweeps_seeds_and_every_configuration_builds(compose_cfg, name):
     params = sweep_params(name)
     assert len(params.pop("seed")) >= 3
     assert params, "an experiment compares configurations"
-    for values in itertools.product(*params.values()):
-        overrides = [f"{k}={v}" for k, v in zip(params, values, strict=True)]
+    for setting in configurations(params):
+        overrides = [f"{k}={v}" for k, v in setting.items()]
         cfg = compose_cfg([f"experiment={name}", "data=digits", *overrides])
         assert cfg.data._target_.endswith("DigitsDataModule")  # the command line picks the data
-        for key, value in zip(params, values, strict=True):
+        for key, value in setting.items():
             if not (CONF / key).is_dir():  # a value (not a config group) lands as given
                 assert str(_select(cfg, key)) == value, key
         net = build_network(cfg.model)

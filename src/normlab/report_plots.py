@@ -183,6 +183,10 @@ def _accuracy_vs(configs: list[Config], axis: str) -> Figure:
                         diverged_label = None  # one legend entry
         if log_x:
             ax.set_xscale("log")
+        distinct = sorted(set(values))
+        if len(distinct) <= 10:  # label the swept values themselves (2, 4, ... 128; 0.001 ...)
+            ax.set_xticks(distinct, [f"{v:g}" for v in distinct])
+            ax.minorticks_off()
         ax.set(xlabel=axis, title=title)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy")
