@@ -123,3 +123,19 @@ def run_train(*overrides: str, run_dir: Path, timeout: float = 300, env: dict | 
     results_path = run_dir / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else None
     return proc, results
+
+
+def run_multirun(
+    *overrides: str, sweep_dir: Path, timeout: float = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """`python train.py -m <overrides>` writing its jobs into `sweep_dir/<job number>`."""
+    return run_cli(
+        "train.py",
+        "-m",
+        f"hydra.sweep.dir={sweep_dir}",
+        f"paths.data_dir={sweep_dir.parent / 'data'}",
+        *overrides,
+        cwd=sweep_dir.parent,
+        timeout=timeout,
+        env=env,
+    )

@@ -21,9 +21,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from normlab.callbacks.divergence import divergence_record
 from normlab.callbacks.history import MetricHistory
 from normlab.config import validate_config
 from normlab.errors import ConfigError, NormlabError
+from normlab.hparams_record import record_hparams
 from normlab.module import ImageClassifier
 from normlab.quiet import quiet_lightning
 from normlab.resume import (
@@ -150,6 +152,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
         best = str(Path(best).relative_to(output_dir)) if best else ""
         results = collect_results(trainer, tested[0] if tested else {}, best)
+        # status "diverged" (and where) when the DivergenceGuard stopped the run early.
+        results.update(divergence_record(trainer))
+        record_hparams(trainer.loggers, module.hparams, results, step=trainer.global_step)
     except NormlabError as err:
         results["error"] = str(err)
         raise

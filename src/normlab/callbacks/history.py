@@ -13,6 +13,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from tqdm import tqdm
 
 
@@ -27,6 +28,7 @@ class MetricHistory(L.Callback):
         self.print_summary = print_summary
         self.epochs: list[dict[str, float]] = []
         self._start = 0.0
+        self._restoring_fit = True
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
@@ -46,8 +48,17 @@ class MetricHistory(L.Callback):
     def state_dict(self) -> dict[str, Any]:
         return {"epochs": self.epochs}
 
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Lightning restores callback state for `test(ckpt_path=...)` too (called just before
+        # `load_state_dict`). Only a resumed fit may rewind the history: testing the best
+        # checkpoint must not cut off the epochs trained after it.
+        self._restoring_fit = trainer.state.fn == TrainerFn.FITTING
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.epochs = list(state_dict.get("epochs", []))
+        if self._restoring_fit:
+            self.epochs = list(state_dict.get("epochs", []))
 
 
 def format_epoch(row: dict[str, float], max_epochs: int | None) -> str:

@@ -1,0 +1,108 @@
+"""Stop a run whose training loss turns NaN or infinite, so a sweep goes on and reports it.
+
+A learning-rate sweep is meant to find the rates at which a network blows up; a blown-up run
+should end as a data point (`status: "diverged"` in `results.json`), not as a crash or as
+hours of training on NaN weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+
+log = logging.getLogger("normlab")
+
+
+class DivergenceGuard(L.Callback):
+    """Set `trainer.should_stop` once the training loss has been non-finite (or above
+    `max_loss`).
+
+    Reading a loss on the host (`loss.item()`) waits for the device to finish every queued
+    kernel; doing that on each step would stall a GPU pipeline. So each step only ORs a
+    "non-finite" flag into a tensor that stays on the device (no sync), and the flag is read
+    every `check_every_n_steps` steps and at the end of each training epoch. A NaN is
+    therefore caught at most that many steps late, which costs nothing: once the weights are
+    NaN, every later loss is too. Lightning then runs the validation it always runs before an
+    early stop, so the run's last epoch records the collapse.
+
+    Args:
+        check_every_n_steps: read the flag on the host this often (optimizer steps).
+        max_loss: also count a loss above this as divergence (None: only NaN/inf). A network
+            whose loss has exploded to 1e20 has diverged even when it stays finite (it usually
+            comes back as a dead network at chance accuracy).
+    """
+
+    def __init__(self, check_every_n_steps: int = 25, max_loss: float | None = None) -> None:
+        if check_every_n_steps < 1:
+            raise ValueError(f"check_every_n_steps must be >= 1, got {check_every_n_steps}")
+        self.check_every_n_steps = check_every_n_steps
+        self.max_loss = max_loss
+        self.diverged_at_step: int | None = None
+        self.diverged_at_epoch: int | None = None
+        self._nonfinite: torch.Tensor | None = None
+
+    @property
+    def diverged(self) -> bool:
+        return self.diverged_at_step is not None
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if not isinstance(loss, torch.Tensor):
+            return  # manual optimization that returns nothing: nothing to watch
+        loss = loss.detach()
+        bad = ~torch.isfinite(loss).all()
+        if self.max_loss is not None:
+            bad = bad | (loss > self.max_loss).any()
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+        if trainer.global_step % self.check_every_n_steps == 0:
+            self._check(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(trainer)
+
+    def _check(self, trainer: L.Trainer) -> None:
+        if self._nonfinite is None or self.diverged:
+            return
+        # Every process must take the same decision, or DDP ranks would wait on each other.
+        bad = trainer.strategy.reduce_boolean_decision(bool(self._nonfinite), all=False)
+        if not bad:
+            return
+        self.diverged_at_step = trainer.global_step
+        self.diverged_at_epoch = trainer.current_epoch
+        trainer.should_stop = True
+        log.warning(
+            "training loss is NaN, infinite or above max_loss=%s (seen by step %d, epoch %d): "
+            "stopping this run; results.json will say status 'diverged'",
+            self.max_loss,
+            trainer.global_step,
+            trainer.current_epoch + 1,
+        )
+
+    def record(self) -> dict[str, Any]:
+        """What `results.json` adds for a diverged run (empty when the run did not diverge)."""
+        if not self.diverged:
+            return {}
+        return {
+            "status": "diverged",
+            "diverged_at_step": self.diverged_at_step,
+            "diverged_at_epoch": self.diverged_at_epoch,
+        }
+
+
+def divergence_record(trainer: L.Trainer) -> dict[str, Any]:
+    """The guard's record for this trainer's run, or {} when no guard stopped it."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, DivergenceGuard) and callback.diverged:
+            return callback.record()
+    return {}

@@ -1,0 +1,227 @@
+"""Sweep reports from real multiruns of `train.py -m`: the tables agree with the jobs' own
+results.json, failed and diverged jobs are named, and TensorBoard's HParams records hold
+each run's real hyperparameters and metrics."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run_multirun
+from matplotlib.image import imread
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+
+REPORT_FILES = ("summary.csv", "summary.md", "val_acc_curves.png", "final_accuracy.png")
+
+
+def job_results(sweep_dir: Path) -> dict[str, dict]:
+    return {
+        d.name: json.loads((d / "results.json").read_text())
+        for d in sweep_dir.iterdir()
+        if (d / "results.json").exists()
+    }
+
+
+def override(results: dict, key: str) -> str:
+    return next(o.split("=", 1)[1] for o in results["overrides"] if o.split("=", 1)[0] == key)
+
+
+def md_table_rows(markdown: str, header_start: str) -> dict[str, list[str]]:
+    """The rows of the markdown table whose header starts with `header_start`, by first cell."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def expected_cell(values: list[float]) -> str:
+    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def assert_png(path: Path) -> None:
+    image = imread(path)  # matplotlib's own PNG reader: a real, decodable image
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100, path
+
+
+@pytest.fixture(scope="module")
+def lesson_sweep(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """The lesson's experiment, cut to 2 models x 2 seeds x 2 short epochs on digits. The
+    command-line `model=` and `seed=` replace the experiment's own sweep (4 models x 3 seeds)."""
+    sweep_dir = tmp_path_factory.mktemp("lesson") / "sweep"
+    proc = run_multirun(
+        "experiment=seed_lesson", "data=digits", "model=cnn,cnn_bn", "seed=0,1",
+        "debug=fast", "trainer.max_epochs=2",
+        sweep_dir=sweep_dir,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, sweep_dir
+
+
+@pytest.mark.slow
+def test_multirun_report_aggregates_match_the_jobs_results(lesson_sweep):
+    _, sweep_dir = lesson_sweep
+    results = job_results(sweep_dir)
+    assert sorted(results) == ["0", "1", "2", "3"]
+    for name in REPORT_FILES:
+        assert (sweep_dir / name).exists(), name
+
+    # summary.csv: one row per job, with its status, overrides and every metric of results.json
+    with (sweep_dir / "summary.csv").open() as f:
+        rows = {row["job"]: row for row in csv.DictReader(f)}
+    assert sorted(rows) == sorted(results)
+    for job, res in results.items():
+        row = rows[job]
+        assert row["status"] == res["status"] == "completed"
+        assert row["seed"] == override(res, "seed") and row["model"] == override(res, "model")
+        assert row["overrides"] == " ".join(res["overrides"])
+        for key in ("val_acc_best", "val_acc_final", "test_acc", "train_loss_final", "wall_s"):
+            assert float(row[key]) == pytest.approx(res[key], rel=1e-12), key
+        assert float(row["train_val_gap"]) == pytest.approx(
+            res["train_acc_final"] - res["val_acc_final"]
+        )
+        assert int(row["epochs_completed"]) == len(res["history"]) == 2
+
+    # summary.md: seeds folded per model, mean ± sample std computed here from results.json
+    table = md_table_rows((sweep_dir / "summary.md").read_text(), "| configuration")
+    assert sorted(table) == ["model=cnn", "model=cnn_bn"]
+    for model in ("cnn", "cnn_bn"):
+        runs = [r for r in results.values() if override(r, "model") == model]
+        assert len(runs) == 2
+        n, best, final, test, gap, diverged, failed = table[f"model={model}"]
+        assert (n, diverged, failed) == ("2", "0", "0")
+        assert best == expected_cell([r["val_acc_best"] for r in runs])
+        assert final == expected_cell([r["val_acc_final"] for r in runs])
+        assert test == expected_cell([r["test_acc"] for r in runs])
+        assert gap == expected_cell([r["train_acc_final"] - r["val_acc_final"] for r in runs])
+
+    # per-epoch table: mean validation accuracy of each epoch over the seeds
+    epochs = md_table_rows((sweep_dir / "summary.md").read_text(), "| val acc per epoch")
+    for model in ("cnn", "cnn_bn"):
+        runs = [r for r in results.values() if override(r, "model") == model]
+        expected = [
+            f"{statistics.fmean(r['history'][e]['val/acc'] for r in runs):.4f}" for e in (0, 1)
+        ]
+        assert epochs[f"model={model}"] == expected
+
+    for name in REPORT_FILES[2:]:
+        assert_png(sweep_dir / name)
+    # models are not a numeric axis: no accuracy-against-value plot
+    assert not list(sweep_dir.glob("accuracy_vs_*.png"))
+
+
+@pytest.mark.slow
+def test_report_command_rewrites_the_same_report(lesson_sweep):
+    _, sweep_dir = lesson_sweep
+    before = (sweep_dir / "summary.csv").read_text()
+    for name in REPORT_FILES:
+        (sweep_dir / name).unlink()
+    proc = subprocess.run(
+        [sys.executable, "-m", "normlab.report", str(sweep_dir)],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (sweep_dir / "summary.csv").read_text() == before
+    for name in REPORT_FILES[2:]:
+        assert_png(sweep_dir / name)
+    assert "model=cnn_bn" in proc.stdout
+
+
+def test_report_command_on_a_folder_without_jobs_explains_itself(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "normlab.report", str(tmp_path)],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and "holds no job directories" in proc.stderr
+
+
+def hparams_records(run_dir: Path) -> tuple[dict, dict, list[str]]:
+    """(hyperparameters, last value of each scalar tag, metric tags) as TensorBoard reads them."""
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    content = acc.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
+    starts = [k for k in content if k == hparams_metadata.SESSION_START_INFO_TAG]
+    assert len(starts) == 1, content.keys()
+    start = hparams_metadata.parse_session_start_info_plugin_data(content[starts[0]])
+    experiment = hparams_metadata.parse_experiment_plugin_data(
+        content[hparams_metadata.EXPERIMENT_TAG]
+    )
+    hparams = {}
+    for key, value in start.hparams.items():
+        kind = value.WhichOneof("kind")
+        hparams[key] = getattr(value, kind)
+    scalars = {tag: acc.Scalars(tag)[-1].value for tag in acc.Tags()["scalars"]}
+    return hparams, scalars, [m.name.tag for m in experiment.metric_infos]
+
+
+@pytest.mark.slow
+def test_hparams_tab_holds_each_runs_real_hyperparameters_and_metrics(lesson_sweep):
+    _, sweep_dir = lesson_sweep
+    for job, res in job_results(sweep_dir).items():
+        hparams, scalars, metric_tags = hparams_records(sweep_dir / job)
+        norm = {"cnn": "none", "cnn_bn": "batch"}[override(res, "model")]
+        assert hparams["model/norm/name"] == norm
+        assert hparams["seed"] == float(override(res, "seed"))
+        assert hparams["optimizer/lr"] == pytest.approx(0.001)  # the lesson's recipe
+        assert hparams["data/batch_size"] == 4
+        assert hparams["model/dropout/p"] == 0.0 and hparams["model/dropout/placement"] == "head"
+        assert hparams["status"] == "completed"
+        assert {"hparams/val_acc_best", "hparams/test_acc", "hparams/train_val_gap"} <= set(
+            metric_tags
+        )
+        assert "hp_metric" not in scalars
+        assert scalars["hparams/val_acc_best"] == pytest.approx(res["val_acc_best"], abs=1e-6)
+        assert scalars["hparams/test_acc"] == pytest.approx(res["test_acc"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_sweep_with_a_failed_and_a_diverged_job_still_reports_every_job(tmp_path):
+    """lr -1 makes SGD raise (a failed job, so Hydra skips on_multirun_end and exits 1); lr
+    1000 blows the loss up (diverged). Jobs run two at a time with the joblib launcher."""
+    sweep_dir = tmp_path / "sweep"
+    proc = run_multirun(
+        "data=digits", "model=cnn", "debug=fast", "trainer.max_epochs=2",
+        "optimizer.lr=0.01,1000,-1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+        sweep_dir=sweep_dir,
+    )  # fmt: skip
+    assert proc.returncode == 1 and "Invalid learning rate" in proc.stderr
+    results = job_results(sweep_dir)
+    by_lr = {override(r, "optimizer.lr"): r for r in results.values()}
+    assert by_lr["0.01"]["status"] == "completed" and by_lr["0.01"]["epochs_completed"] == 2
+    diverged = by_lr["1000"]
+    assert diverged["status"] == "diverged" and diverged["epochs_completed"] == 1
+    assert by_lr["-1"]["status"] == "failed"
+
+    with (sweep_dir / "summary.csv").open() as f:
+        rows = {row["optimizer.lr"]: row for row in csv.DictReader(f)}
+    assert {lr: row["status"] for lr, row in rows.items()} == {
+        "0.01": "completed", "1000": "diverged", "-1": "failed",
+    }  # fmt: skip
+    assert float(rows["0.01"]["test_acc"]) == pytest.approx(by_lr["0.01"]["test_acc"])
+
+    markdown = (sweep_dir / "summary.md").read_text()
+    assert "3 jobs in 3 configurations: 1 completed, 1 diverged, 1 failed." in markdown
+    problems = md_table_rows(markdown, "| job")
+    failed_job = next(j for j, r in results.items() if r["status"] == "failed")
+    diverged_job = next(j for j, r in results.items() if r["status"] == "diverged")
+    assert problems[failed_job][:3] == ["optimizer.lr=-1", "–", "failed"]
+    assert "ValueError: Invalid learning rate: -1" in problems[failed_job][4]
+    assert problems[diverged_job][:3] == ["optimizer.lr=1000", "–", "diverged"]
+    table = md_table_rows(markdown, "| configuration")
+    assert table["optimizer.lr=1000"][0] == "1" and table["optimizer.lr=1000"][5] == "1"
+    assert table["optimizer.lr=-1"][0] == "0" and table["optimizer.lr=-1"][6] == "1"
+
+    # a numeric axis (the learning rate) gets its own plot, diverged run marked
+    for name in (*REPORT_FILES[2:], "accuracy_vs_optimizer.lr.png"):
+        assert_png(sweep_dir / name)
