@@ -187,15 +187,16 @@ def test_hparams_tab_holds_each_runs_real_hyperparameters_and_metrics(lesson_swe
 
 @pytest.mark.slow
 def test_sweep_with_a_failed_and_a_diverged_job_still_reports_every_job(tmp_path):
-    """lr -1 makes SGD raise (a failed job, so Hydra skips on_multirun_end and exits 1); lr
-    1000 blows the loss up (diverged). Jobs run two at a time with the joblib launcher."""
+    """lr -1 is rejected by the config checks (a failed job, so Hydra skips on_multirun_end
+    and exits 1); lr 1000 blows the loss up (diverged). Jobs run two at a time with the joblib
+    launcher."""
     sweep_dir = tmp_path / "sweep"
     proc = run_multirun(
         "data=digits", "model=cnn", "debug=fast", "trainer.max_epochs=2",
         "optimizer.lr=0.01,1000,-1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
         sweep_dir=sweep_dir,
     )  # fmt: skip
-    assert proc.returncode == 1 and "Invalid learning rate" in proc.stderr
+    assert proc.returncode == 1 and "optimizer.lr=-1: the learning rate must be" in proc.stderr
     results = job_results(sweep_dir)
     by_lr = {override(r, "optimizer.lr"): r for r in results.values()}
     assert by_lr["0.01"]["status"] == "completed" and by_lr["0.01"]["epochs_completed"] == 2
@@ -216,7 +217,7 @@ def test_sweep_with_a_failed_and_a_diverged_job_still_reports_every_job(tmp_path
     failed_job = next(j for j, r in results.items() if r["status"] == "failed")
     diverged_job = next(j for j, r in results.items() if r["status"] == "diverged")
     assert problems[failed_job][:3] == ["optimizer.lr=-1", "–", "failed"]
-    assert "ValueError: Invalid learning rate: -1" in problems[failed_job][4]
+    assert "optimizer.lr=-1: the learning rate must be a positive number" in problems[failed_job][4]
     assert problems[diverged_job][:3] == ["optimizer.lr=1000", "–", "diverged"]
     table = md_table_rows(markdown, "| configuration")
     assert table["optimizer.lr=1000"][0] == "1" and table["optimizer.lr=1000"][5] == "1"
