@@ -1,0 +1,137 @@
+"""The LightningDataModule every dataset shares: uint8 tensors in memory, split once with a
+fixed seed, served by `TensorBatchLoader` on the training device."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+
+from normlab.data.batches import BatchTransform, TensorBatchLoader
+
+
+@dataclass
+class ImageSplit:
+    images: torch.Tensor  # uint8 [N, C, H, W]
+    labels: torch.Tensor  # int64 [N]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device: torch.device) -> ImageSplit:
+        return ImageSplit(self.images.to(device), self.labels.to(device))
+
+    def take(self, index: torch.Tensor) -> ImageSplit:
+        return ImageSplit(self.images[index], self.labels[index])
+
+
+class InMemoryDataModule(L.LightningDataModule):
+    """Subclasses implement `load()`, returning the full training set and the test set as
+    uint8 tensors; this class carves a validation split out of the training set and serves
+    all three.
+
+    Args:
+        batch_size: training batch size (per process under DDP).
+        eval_batch_size: batch size for validation and test; larger is faster and changes
+            nothing in the numbers (the network is in eval mode).
+        mean, std: per-channel normalization on the [0, 1] scale.
+        crop_padding: random-crop augmentation padding in pixels (0 = off).
+        hflip: random horizontal flips.
+        val_size: images held out of the training set for validation.
+        train_size: keep only this many training images (None = all); for studies of
+            overfitting on reduced data.
+        split_seed: fixes which images form the validation split, independent of the run seed
+            so runs with different seeds are validated on the same images.
+        seed: seeds batch order and augmentation.
+    """
+
+    class_names: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        eval_batch_size: int = 1000,
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.5, 0.5, 0.5),
+        crop_padding: int = 0,
+        hflip: bool = False,
+        val_size: int = 5000,
+        train_size: int | None = None,
+        split_seed: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.train_transform = BatchTransform(tuple(mean), tuple(std), crop_padding, hflip)
+        self.eval_transform = BatchTransform(tuple(mean), tuple(std))
+        self.val_size = val_size
+        self.train_size = train_size
+        self.split_seed = split_seed
+        self.seed = seed
+        self.train_set: ImageSplit | None = None
+        self.val_set: ImageSplit | None = None
+        self.test_set: ImageSplit | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def load(self) -> tuple[ImageSplit, ImageSplit]:
+        """Return (full training set, test set)."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        full_train, test = self.load()
+        if not 0 < self.val_size < len(full_train):
+            raise ValueError(
+                f"data.val_size={self.val_size} must be between 1 and the {len(full_train)} "
+                "training images minus one."
+            )
+        order = torch.randperm(
+            len(full_train), generator=torch.Generator().manual_seed(self.split_seed)
+        )
+        val_index, train_index = order[: self.val_size], order[self.val_size :]
+        if self.train_size is not None:
+            train_index = train_index[: self.train_size]
+        device = self._device()
+        self.train_set = full_train.take(train_index).to(device)
+        self.val_set = full_train.take(val_index).to(device)
+        self.test_set = test.to(device)
+
+    def _device(self) -> torch.device:
+        # Hold the data where the model trains: on a GPU every batch is then an index
+        # operation in GPU memory, with no host-to-device copy per step.
+        if self.trainer is not None:
+            return self.trainer.strategy.root_device
+        return torch.device("cpu")
+
+    def _loader(self, split: ImageSplit | None, train: bool) -> TensorBatchLoader:
+        if split is None:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        rank, world = 0, 1
+        if self.trainer is not None:
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+        return TensorBatchLoader(
+            split.images,
+            split.labels,
+            self.batch_size if train else self.eval_batch_size,
+            self.train_transform if train else self.eval_transform,
+            train=train,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
+        )
+
+    def train_dataloader(self) -> TensorBatchLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> TensorBatchLoader:
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> TensorBatchLoader:
+        return self._loader(self.test_set, train=False)
