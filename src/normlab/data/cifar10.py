@@ -7,11 +7,13 @@ the first time and remembered in a stamp file, so later start-ups skip the 170 M
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import pickle
 import socket
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torchvision.datasets import CIFAR10
@@ -21,7 +23,9 @@ from normlab.errors import DataError
 
 FOLDER = CIFAR10.base_folder  # "cifar-10-batches-py"
 ARCHIVE = CIFAR10.filename  # "cifar-10-python.tar.gz"
-CHECKSUMS = dict(CIFAR10.train_list + CIFAR10.test_list + [[CIFAR10.meta["filename"], CIFAR10.meta["md5"]]])
+CHECKSUMS = dict(
+    CIFAR10.train_list + CIFAR10.test_list + [[CIFAR10.meta["filename"], CIFAR10.meta["md5"]]]
+)
 STAMP = ".normlab-verified.json"
 URL = CIFAR10.url
 
@@ -34,9 +38,9 @@ class _CIFAR10Files(CIFAR10):
     """torchvision's parser with its md5 checks turned off: we verify (or skip) checksums
     ourselves, so that an error can name the file at fault."""
 
-    train_list = [[name, None] for name, _ in CIFAR10.train_list]
-    test_list = [[name, None] for name, _ in CIFAR10.test_list]
-    meta = {**CIFAR10.meta, "md5": None}
+    train_list: ClassVar[list] = [[name, None] for name, _ in CIFAR10.train_list]
+    test_list: ClassVar[list] = [[name, None] for name, _ in CIFAR10.test_list]
+    meta: ClassVar[dict] = {**CIFAR10.meta, "md5": None}
 
 
 def _md5(path: Path) -> str:
@@ -48,7 +52,10 @@ def _md5(path: Path) -> str:
 
 
 def _fingerprint(folder: Path) -> dict[str, list[int]]:
-    return {name: [(folder / name).stat().st_size, (folder / name).stat().st_mtime_ns] for name in CHECKSUMS}
+    return {
+        name: [(folder / name).stat().st_size, (folder / name).stat().st_mtime_ns]
+        for name in CHECKSUMS
+    }
 
 
 def verify_checksums(folder: Path) -> None:
@@ -68,10 +75,9 @@ def verify_checksums(folder: Path) -> None:
                 f"torchvision's). Delete the folder {folder} and run again to re-download, or "
                 f"place a fresh {ARCHIVE} in {folder.parent}."
             )
-    try:
+    # A read-only dataset folder is fine: we just verify again next time.
+    with contextlib.suppress(OSError):
         stamp.write_text(json.dumps(fingerprint))
-    except OSError:
-        pass  # a read-only dataset folder is fine: we just verify again next time
 
 
 class CIFAR10DataModule(InMemoryDataModule):
@@ -125,7 +131,7 @@ class CIFAR10DataModule(InMemoryDataModule):
             from torchvision.datasets.utils import download_and_extract_archive
 
             download_and_extract_archive(URL, str(self.root), filename=ARCHIVE, md5=CIFAR10.tgz_md5)
-        except Exception as err:  # noqa: BLE001 - any download failure gets the same advice
+        except Exception as err:
             reason = getattr(err, "reason", None) or err
             raise DataError(self._not_found_message(f"download failed: {reason}")) from None
         finally:
@@ -151,7 +157,14 @@ class CIFAR10DataModule(InMemoryDataModule):
     def _parse(self, train: bool) -> ImageSplit:
         try:
             dataset = _CIFAR10Files(str(self.root), train=train, download=False)
-        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError) as err:
+        except (
+            pickle.UnpicklingError,
+            EOFError,
+            KeyError,
+            ValueError,
+            TypeError,
+            AttributeError,
+        ) as err:
             raise DataError(
                 f"CIFAR-10 files in {self.folder} could not be read ({type(err).__name__}: "
                 f"{err}); they are corrupt or not CIFAR-10's python version. Delete the folder "
