@@ -95,6 +95,7 @@ def test_phase_clock_extrapolates_an_epoch_from_its_parts(monkeypatch):
     clock.mark("end")
     summary = clock.summary()
     assert summary["per_step_s"] == 1.0 and summary["eval_per_image_s"] == 0.5
+    assert summary["per_step_median_s"] == 1.0
     # fixed: warm-up excess (10 - 2 * 1) + gap after the last step (0.5) + end (3)
     assert summary["fixed_s"] == 8 + 0.5 + 3
     assert probes.epoch_seconds(summary, steps=100, eval_images=20) == 11.5 + 100 + 10
@@ -136,7 +137,7 @@ def test_quick_benchmark_writes_every_row(tmp_path, capsys, monkeypatch):
     assert names == [
         "loader, batch 4 (images/s)",
         "training epoch*, batch 4 (s)",
-        "framework overhead, batch 4 (ms/step)",
+        "framework overhead, batch 4 (ms/step, median)",
         "start-up: train.py to first step (s)",
         "peak memory, CIFAR-10-sized run (MB)",
     ]
@@ -149,4 +150,4 @@ def test_quick_benchmark_writes_every_row(tmp_path, capsys, monkeypatch):
     # each side really ran the measured steps: the fit through Lightning and normlab.run
     assert row["lesson"]["steps"] == row["normlab"]["steps"] == row["plain"]["steps"] == 6
     table = capsys.readouterr().out
-    assert "framework overhead, batch 4 (ms/step)" in table and "machine: " in table
+    assert "framework overhead, batch 4 (ms/step, median)" in table and "machine: " in table

@@ -4,7 +4,8 @@ A full epoch at batch 4 is 12,500 steps; the benchmark times a part of one and e
 `PhaseClock` records when the first `warmup` steps are done, when the last measured step is
 done, and named marks after that (evaluation, the end of the epoch). From these:
 
-    per_step  = steady-state seconds per training step (after the warm-up steps)
+    per_step  = steady-state seconds per training step (after the warm-up steps); also their
+                median, which a busy machine's pre-emptions barely move
     fixed     = everything that happens once per epoch: worker start-up and the warm-up
                 steps' excess over the steady state, the gap after the last step, the
                 checkpoint or `torch.save` at the end
@@ -15,6 +16,8 @@ done, and named marks after that (evaluation, the end of the epoch). From these:
 from __future__ import annotations
 
 import json
+import resource
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -29,17 +32,22 @@ class PhaseClock:
         self.steps = 0
         self.marks: dict[str, float] = {}
         self.eval_images = 0
+        self.durations: list[float] = []  # of each step after the warm-up
 
     def start(self) -> None:
         self.t0 = self.t_warm = self.t_last = time.perf_counter()
         self.steps = 0
         self.marks = {}
+        self.durations = []
 
     def step_done(self) -> None:
+        now = time.perf_counter()
         self.steps += 1
-        self.t_last = time.perf_counter()
+        if self.steps > self.warmup:
+            self.durations.append(now - self.t_last)
+        self.t_last = now
         if self.steps == self.warmup:
-            self.t_warm = self.t_last
+            self.t_warm = now
 
     def mark(self, name: str, images: int | None = None) -> None:
         self.marks[name] = time.perf_counter()
@@ -61,6 +69,7 @@ class PhaseClock:
         return {
             "steps": self.steps,
             "per_step_s": per_step,
+            "per_step_median_s": statistics.median(self.durations),
             "eval_images": self.eval_images,
             "eval_per_image_s": eval_s / self.eval_images if self.eval_images else 0.0,
             "fixed_s": fixed,
@@ -115,12 +124,15 @@ class EpochClock(L.Callback):
 
 
 class FirstStepProbe(L.Callback):
-    """Writes the wall-clock time (`time.time()`, comparable across processes) at which the
-    first training step starts to `path`: the end of a run's start-up."""
+    """Writes to `path`, as JSON, when the first training step starts (the end of a run's
+    start-up): the wall-clock time (`time.time()`, comparable across processes) and the CPU
+    seconds the process has used so far (steadier than wall time on a busy machine)."""
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == 0 and trainer.current_epoch == 0 and not self.path.exists():
-            self.path.write_text(repr(time.time()))
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            cpu = usage.ru_utime + usage.ru_stime
+            self.path.write_text(json.dumps({"time": time.time(), "cpu_s": cpu}))
