@@ -4,6 +4,7 @@ held to (from issue 6: the targets on a 2-core CPU)."""
 from __future__ import annotations
 
 import operator
+import os
 import platform
 from dataclasses import asdict
 from typing import Any
@@ -20,6 +21,7 @@ PEAK_RSS_MAX_MB = 1500.0
 
 
 def machine() -> dict[str, Any]:
+    """What the figures were measured on: they mean little without it."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -30,7 +32,7 @@ def machine() -> dict[str, Any]:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "cpu": cpu,
-        "cpu_cores": len(__import__("os").sched_getaffinity(0)),
+        "cpu_cores": len(os.sched_getaffinity(0)),
         "torch_threads": torch.get_num_threads(),
         "gpu": gpu,
         "torch": torch.__version__,
