@@ -24,6 +24,10 @@ train: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
 
+## normlab against the lesson's pipeline and loop: prints a table, writes bench.json (a few minutes).
+bench: $(STAMP)
+	$(PY) -m normlab.bench $(ARGS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -24,7 +24,9 @@ class ImageSplit:
         return ImageSplit(self.images.to(device), self.labels.to(device))
 
     def take(self, index: torch.Tensor) -> ImageSplit:
-        return ImageSplit(self.images[index], self.labels[index])
+        # index_select: several times faster than images[index] for a uint8 [N, C, H, W]
+        # tensor on the CPU (50k CIFAR images: part of every run's start-up).
+        return ImageSplit(self.images.index_select(0, index), self.labels[index])
 
 
 class InMemoryDataModule(L.LightningDataModule):

@@ -38,9 +38,9 @@ class _CIFAR10Files(CIFAR10):
     """torchvision's parser with its md5 checks turned off: we verify (or skip) checksums
     ourselves, so that an error can name the file at fault."""
 
-    train_list: ClassVar = [[name, None] for name, _ in CIFAR10.train_list]
-    test_list: ClassVar = [[name, None] for name, _ in CIFAR10.test_list]
-    meta: ClassVar = {**CIFAR10.meta, "md5": None}
+    train_list: ClassVar[list] = [[name, None] for name, _ in CIFAR10.train_list]
+    test_list: ClassVar[list] = [[name, None] for name, _ in CIFAR10.test_list]
+    meta: ClassVar[dict] = {**CIFAR10.meta, "md5": None}
 
 
 def _md5(path: Path) -> str:

@@ -105,6 +105,11 @@ class ScratchBatchNorm2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"expected 4D input (got {x.dim()}D input)")
+        # Under bf16/fp16 autocast, compute in float32 and return the input's dtype, as
+        # PyTorch's kernels do: statistics rounded to 8 bits of mantissa would drift.
+        out_dtype = x.dtype
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
         # Same rule as nn.BatchNorm2d: batch statistics in training, and also in evaluation
         # when there are no running statistics to fall back on.
         use_batch_stats = self.training or self.running_mean is None
@@ -120,7 +125,7 @@ class ScratchBatchNorm2d(nn.Module):
             x_hat = x_hat * self.weight.reshape(shape)
         if self.bias is not None:
             x_hat = x_hat + self.bias.reshape(shape)
-        return x_hat
+        return x_hat.to(out_dtype)
 
     def _batch_statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if x.numel() // x.size(1) <= 1:
@@ -137,13 +142,17 @@ class ScratchBatchNorm2d(nn.Module):
         self, mean: torch.Tensor, var: torch.Tensor, values_per_channel: int
     ) -> None:
         self.num_batches_tracked.add_(1)
-        # momentum None: cumulative moving average over every batch seen so far.
-        factor = (
-            self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-        )
         unbiased_var = var * (values_per_channel / (values_per_channel - 1))
-        self.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
-        self.running_var.mul_(1 - factor).add_(unbiased_var, alpha=factor)
+        if self.momentum is None:
+            # Cumulative moving average over every batch seen so far. The factor stays a
+            # tensor: float(num_batches_tracked) would wait for the GPU on every step and,
+            # under torch.compile, break the graph and recompile for each new value.
+            factor = 1.0 / self.num_batches_tracked
+            self.running_mean.lerp_(mean, factor)
+            self.running_var.lerp_(unbiased_var, factor)
+        else:
+            self.running_mean.mul_(1 - self.momentum).add_(mean, alpha=self.momentum)
+            self.running_var.mul_(1 - self.momentum).add_(unbiased_var, alpha=self.momentum)
 
     def extra_repr(self) -> str:
         return (

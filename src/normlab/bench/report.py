@@ -1,0 +1,165 @@
+"""The benchmark's table and `bench.json`: each comparison, its ratio, and the target it is
+held to (from issue 6: the targets on a 2-core CPU)."""
+
+from __future__ import annotations
+
+import operator
+import os
+import platform
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from normlab.bench.suite import Sizes
+
+LOADER_MIN_RATIO = 20.0
+EPOCH_MIN_SPEEDUP = {128: 3.0}
+OVERHEAD_MAX_RATIO = {4: 1.5, 128: 1.05}
+STARTUP_MAX_EXTRA_S = 2.0
+PEAK_RSS_MAX_MB = 1500.0
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on: they mean little without it."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "cpu": cpu,
+        "cpu_cores": len(os.sched_getaffinity(0)),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _row(name, ours, base, ratio, ratio_text, target=None, op=None, bound=None) -> dict:
+    met = None if op is None else bool(op(ratio, bound))
+    return {
+        "comparison": name,
+        "normlab": ours,
+        "baseline": base,
+        "ratio": ratio,
+        "ratio_text": ratio_text,
+        "target": target or "",
+        "met": met,
+    }
+
+
+def build_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for r in results["loader"]:
+        b = r["batch_size"]
+        rows.append(
+            _row(
+                f"loader, batch {b} (images/s)",
+                f"{r['normlab_images_per_s']:,.0f}",
+                f"{r['lesson_images_per_s']:,.0f} lesson",
+                r["ratio"],
+                f"{r['ratio']:.1f}x",
+                f">= {LOADER_MIN_RATIO:g}x",
+                operator.ge,
+                LOADER_MIN_RATIO,
+            )
+        )
+    for r in results["training"]:
+        b, bound = r["batch_size"], EPOCH_MIN_SPEEDUP.get(r["batch_size"])
+        rows.append(
+            _row(
+                f"training epoch*, batch {b} (s)",
+                f"{r['normlab']['epoch_s']:,.1f}",
+                f"{r['lesson']['epoch_s']:,.1f} lesson",
+                r["epoch_speedup"],
+                f"{r['epoch_speedup']:.1f}x faster",
+                f">= {bound:g}x" if bound else "",
+                operator.ge if bound else None,
+                bound,
+            )
+        )
+    for r in results["training"]:
+        b, bound = r["batch_size"], OVERHEAD_MAX_RATIO.get(r["batch_size"])
+        rows.append(
+            _row(
+                f"framework overhead, batch {b} (ms/step, median)",
+                f"{r['fit_step_median_s'] * 1e3:.2f}",
+                f"{r['plain_step_median_s'] * 1e3:.2f} plain loop",
+                r["overhead_ratio"],
+                f"{r['overhead_ratio']:.2f}x",
+                f"<= {bound:g}x" if bound else "",
+                operator.le if bound else None,
+                bound,
+            )
+        )
+    s = results["startup"]
+    rows.append(
+        _row(
+            "start-up: train.py to first step (s)",
+            f"{s['train_py_to_first_step_s']:.1f} (CPU {s['train_py_to_first_step_cpu_s']:.1f})",
+            f"{s['bare_import_s']:.1f} bare import (CPU {s['bare_import_cpu_s']:.1f})",
+            s["startup_over_import_s"],
+            f"{s['startup_over_import_s']:+.1f} s (CPU {s['startup_over_import_cpu_s']:+.1f} s)",
+            f"<= +{STARTUP_MAX_EXTRA_S:g} s",
+            operator.le,
+            STARTUP_MAX_EXTRA_S,
+        )
+    )
+    rows.append(
+        _row(
+            "peak memory, CIFAR-10-sized run (MB)",
+            f"{s['peak_rss_mb']:,.0f}",
+            f"{s['bare_import_peak_rss_mb']:,.0f} bare import",
+            s["peak_rss_mb"],
+            "",
+            f"< {PEAK_RSS_MAX_MB:,.0f} MB",
+            operator.lt,
+            PEAK_RSS_MAX_MB,
+        )
+    )
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]], results: dict[str, Any], sizes: Sizes) -> str:
+    header = ("comparison", "normlab", "baseline", "ratio", "target", "")
+    lines = [
+        (
+            r["comparison"],
+            r["normlab"],
+            r["baseline"],
+            r["ratio_text"],
+            r["target"],
+            {True: "met", False: "MISSED", None: ""}[r["met"]],
+        )
+        for r in rows
+    ]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *lines, strict=True)]
+
+    def fmt(cells) -> str:
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    m = results["machine"]
+    device = m["gpu"] or "no GPU"
+    steps = ", ".join(f"{n:,} at batch {b}" for b, n in sizes.train_steps.items())
+    notes = [
+        f"machine: {m['cpu']}, {m['cpu_cores']} cores ({m['torch_threads']} torch threads), "
+        f"{device}; torch {m['torch']}",
+        f"* an epoch of {sizes.train_images:,} training and {sizes.test_images:,} evaluated "
+        f"images (the lesson's), extrapolated from {steps} measured steps and "
+        f"{sizes.eval_images:,} evaluated images; best of {sizes.repeats} alternating runs",
+        "loader: normlab's batches include random crop, flip and normalization (a whole epoch "
+        "measured); the lesson's pipeline is ToTensor + Normalize in 2 worker processes ("
+        + ", ".join(f"{n:,} images at batch {b}" for b, n in sizes.loader_images.items())
+        + ")",
+    ]
+    rule = "-" * len(fmt(header))
+    return "\n".join([fmt(header), rule, *(fmt(line) for line in lines), rule, *notes])
+
+
+def to_json(results: dict[str, Any], rows: list[dict[str, Any]], sizes: Sizes) -> dict:
+    return {"machine": results["machine"], "sizes": asdict(sizes), "rows": rows, **results}

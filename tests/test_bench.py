@@ -1,0 +1,153 @@
+"""The benchmark's code paths at a tiny size: that both sides of each comparison do the same
+work on the same data, that its clocks and memory readings mean what they say, and that
+`python -m normlab.bench` produces every row. Timings themselves are not asserted."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from normlab.bench import __main__ as bench_main
+from normlab.bench import probes, suite
+from normlab.bench.cifar_files import write_cifar10
+from normlab.bench.lesson import lesson_loaders, train_and_validate
+from normlab.data import CIFAR10DataModule
+from normlab.data.cifar10 import _CIFAR10Files
+from normlab.data.synthetic import make_synthetic
+
+
+@pytest.fixture(scope="module")
+def cifar_root(tmp_path_factory):
+    return write_cifar10(tmp_path_factory.mktemp("cifar"), train_images=150, test_images=60)
+
+
+def test_synthetic_files_are_cifar10_format_with_the_synthetic_images(cifar_root):
+    # torchvision's own parser (md5 checks off) reads them as it reads the real archive
+    train = _CIFAR10Files(str(cifar_root), train=True)
+    test = _CIFAR10Files(str(cifar_root), train=False)
+    source = make_synthetic(150, 10, 32, seed=1)
+    assert train.data.shape == (150, 32, 32, 3) and train.data.dtype == np.uint8
+    assert np.array_equal(train.data, source.images.permute(0, 2, 3, 1).numpy())
+    assert train.targets == source.labels.tolist() and len(test) == 60
+    assert train.classes[0] == "airplane"
+    # and normlab's data=cifar10 reads the same pixels
+    datamodule = CIFAR10DataModule(str(cifar_root), download=False, verify_checksums=False)
+    full_train, _ = datamodule.load()
+    assert torch.equal(full_train.images, source.images)
+
+
+def test_lesson_pipeline_and_normlab_batches_hold_the_same_images(cifar_root):
+    # Without augmentation (the test split) both pipelines must produce the same tensors:
+    # the loader comparison is then a comparison of two ways to compute one thing.
+    _, lesson_test = lesson_loaders(cifar_root, batch_size=4)
+    datamodule = CIFAR10DataModule(
+        str(cifar_root), download=False, verify_checksums=False, val_size=10,
+        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), eval_batch_size=4,
+    )  # fmt: skip
+    datamodule.setup()
+    ours = list(datamodule.test_dataloader())
+    theirs = list(lesson_test)
+    assert len(ours) == len(theirs) == 15
+    for (x, y), (x_ref, y_ref) in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(x, x_ref, atol=1e-6, rtol=0)
+        assert torch.equal(y, y_ref)
+
+
+def test_lesson_loop_stops_after_the_measured_part_and_reports_its_phases(cifar_root, tmp_path):
+    torch.manual_seed(0)
+    model = suite.build_network(suite.compose_config(["model=cnn_bn_dropout"]).model)
+    trainloader, testloader = lesson_loaders(cifar_root, batch_size=4)
+    clock = probes.PhaseClock(warmup=2)
+    history = train_and_validate(
+        model,
+        torch.nn.CrossEntropyLoss(),
+        torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9),
+        trainloader,
+        testloader,
+        tmp_path,
+        train_steps=7,
+        eval_images=10,
+        clock=clock,
+    )
+    summary = clock.summary()
+    assert summary["steps"] == 7 and summary["eval_images"] == 12  # whole batches of 4
+    assert summary["per_step_s"] > 0 and summary["eval_per_image_s"] > 0
+    assert (tmp_path / "cifar10_model_0.pt").exists()  # the lesson's torch.save, timed
+    assert len(history) == 1 and len(history[0]) == 4
+
+
+def test_phase_clock_extrapolates_an_epoch_from_its_parts(monkeypatch):
+    # Scripted clock: 2 warm-up steps of 5 s, then steps of 1 s, 4 s of evaluation (8 images)
+    # and 3 s at the end of the epoch.
+    times = iter([0.0, 5.0, 10.0, 11.0, 12.0, 13.0, 13.5, 17.5, 20.5])
+    monkeypatch.setattr(probes.time, "perf_counter", lambda: next(times))
+    clock = probes.PhaseClock(warmup=2)
+    clock.start()
+    for _ in range(5):
+        clock.step_done()
+    clock.mark("train")
+    clock.mark("eval", images=8)
+    clock.mark("end")
+    summary = clock.summary()
+    assert summary["per_step_s"] == 1.0 and summary["eval_per_image_s"] == 0.5
+    assert summary["per_step_median_s"] == 1.0
+    # fixed: warm-up excess (10 - 2 * 1) + gap after the last step (0.5) + end (3)
+    assert summary["fixed_s"] == 8 + 0.5 + 3
+    assert probes.epoch_seconds(summary, steps=100, eval_images=20) == 11.5 + 100 + 10
+
+
+def test_plain_loop_trains_the_configured_network(cifar_root):
+    sizes = dataclasses.replace(suite.QUICK, val_size=50)
+    cfg = suite.compose_config(
+        [*suite.data_overrides(cifar_root, 8, sizes), "paths.output_dir=unused"]
+    )
+    summary = suite.plain_loop(cfg, steps=6, warmup=2)
+    assert summary["steps"] == 6 and np.isfinite(summary["train_loss"])
+
+
+def test_child_peak_memory_is_the_childs_own(tmp_path):
+    # This test process holds torch (hundreds of MB); a child forked from it must not
+    # inherit that figure, and a child that touches 200 MB must show it.
+    small = suite.run_child([sys.executable, "-c", "pass"], tmp_path / "small.json")
+    big = suite.run_child(
+        [sys.executable, "-c", "b = bytearray(200 * 2**20)"], tmp_path / "big.json"
+    )
+    assert small["peak_rss_mb"] < 60
+    assert 190 < big["peak_rss_mb"] - small["peak_rss_mb"] < 260
+    with pytest.raises(RuntimeError, match="failed"):
+        suite.run_child([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "x.json")
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_every_row(tmp_path, capsys, monkeypatch):
+    # --quick with one batch size: every code path, including the train.py child process
+    tiny = dataclasses.replace(
+        suite.QUICK, batch_sizes=(4,), loader_images={4: 100}, train_steps={4: 6}, warmup={4: 2}
+    )
+    monkeypatch.setattr(bench_main, "QUICK", tiny)
+    output = tmp_path / "bench.json"
+    assert bench_main.main(["--quick", "--output", str(output)]) == 0
+    results = json.loads(output.read_text())
+    names = [row["comparison"] for row in results["rows"]]
+    assert names == [
+        "loader, batch 4 (images/s)",
+        "training epoch*, batch 4 (s)",
+        "framework overhead, batch 4 (ms/step, median)",
+        "start-up: train.py to first step (s)",
+        "peak memory, CIFAR-10-sized run (MB)",
+    ]
+    assert [row["met"] is None for row in results["rows"]] == [False, True, False, False, False]
+    startup = results["startup"]
+    assert startup["bare_import_s"] > 0 and startup["train_py_to_first_step_s"] > 0
+    # a training run holds more than the bare imports (its data, network, loggers)
+    assert startup["peak_rss_mb"] > startup["bare_import_peak_rss_mb"]
+    (row,) = results["training"]
+    # each side really ran the measured steps: the fit through Lightning and normlab.run
+    assert row["lesson"]["steps"] == row["normlab"]["steps"] == row["plain"]["steps"] == 6
+    table = capsys.readouterr().out
+    assert "framework overhead, batch 4 (ms/step, median)" in table and "machine: " in table
