@@ -97,8 +97,12 @@ def compose_cfg() -> Iterator:
 def run_cli(
     script: str, *args: str, cwd: Path, timeout: float = 300, env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    """Run a repo entry point (`train.py`, `eval.py`) as a user would, from `cwd`."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    """Run a repo entry point (`train.py`, `eval.py`) as a user would, from `cwd`.
+
+    One torch thread per process: these runs are tiny, and when the machine is busy (other
+    test processes, a DDP pair) spinning OpenMP threads made them up to 10x slower.
+    """
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, str(REPO / script), *args],
         cwd=cwd,

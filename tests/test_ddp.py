@@ -116,9 +116,13 @@ def test_ddp_spawn_for_sweeps_writes_the_same_results_as_ddp(ddp_runs):
     def untimed(history: list[dict]) -> list[dict]:
         return [{k: v for k, v in row.items() if k != "time/epoch_s"} for row in history]
 
-    assert untimed(spawn["history"]) == untimed(ddp["history"])
+    # The same computation, but the two launchers may sum a cross-rank mean in a different
+    # order: equal up to float32 rounding, not necessarily to the bit.
+    assert untimed(spawn["history"]) == [
+        pytest.approx(row, rel=1e-6) for row in untimed(ddp["history"])
+    ]
     for key in ("val_acc_best", "val_acc_final", "test_acc", "train_loss_final"):
-        assert spawn[key] == ddp[key], key
+        assert spawn[key] == pytest.approx(ddp[key], rel=1e-6), key
 
 
 def test_ddp_trainer_synchronizes_torch_batch_norm_but_not_the_scratch_layer(compose_cfg):
