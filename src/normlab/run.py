@@ -24,6 +24,7 @@ from normlab.callbacks.history import MetricHistory
 from normlab.errors import ConfigError, NormlabError
 from normlab.module import ImageClassifier
 from normlab.quiet import quiet_lightning
+from normlab.summary import describe_run
 
 log = logging.getLogger("normlab")
 
@@ -110,6 +111,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             f"{cfg.model.dropout.name}(p={cfg.model.dropout.p})",
             output_dir,
         )
+        describe_run(cfg, net, output_dir)  # model_summary.txt, config_resolved.yaml
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
