@@ -18,9 +18,13 @@ At the end of every validation epoch:
     bn_var_ratio/<bn>/val, bn/<bn>/var_ratio_val  running var / variance of validation inputs
                                                 (the variance shift of dropout before BN)
 
-Layers are named by module path (`features.0.norm`, `head.1.act`). Cost: the hooks return at
-once on other steps, the statistics of a step reach the host in one transfer, and pictures
-are drawn once per validation epoch; README.md gives the measured overhead.
+Layers are named by module path (`features.0.norm`, `head.1.act`).
+
+Cost: the hooks return at once on other steps, a step's statistics reach the host in one
+transfer, the pictures are drawn with Pillow in milliseconds. And a time budget
+(`max_overhead`, 5% by default) bounds the total: where an epoch lasts a fraction of a second
+(tiny datasets, fast GPUs) instrumented steps and pictures are skipped rather than letting the
+diagnostics slow training down. README.md gives the measured overhead.
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from normlab.callbacks import figures
+from normlab.callbacks.budget import OverheadBudget
 from normlab.callbacks.probes import (
     TrainingProbe,
     ValidationProbe,
@@ -55,9 +60,18 @@ class NetworkDiagnostics(L.Callback):
             and the validation variance ratio, at the end of each validation epoch.
         num_images: validation images in the prediction grid (the first ones of the
             validation set, the same every epoch).
+        max_overhead: the most time the diagnostics may take, as a fraction of the rest of
+            training; work beyond it is skipped (and counted in a note at the end of fit).
+            None: never skip.
     """
 
-    def __init__(self, every_n_steps: int = 50, validation: bool = True, num_images: int = 32):
+    def __init__(
+        self,
+        every_n_steps: int = 50,
+        validation: bool = True,
+        num_images: int = 32,
+        max_overhead: float | None = 0.05,
+    ) -> None:
         if every_n_steps < 0:
             raise ValueError(
                 f"callbacks.diagnostics.every_n_steps={every_n_steps}: use a positive interval, "
@@ -66,6 +80,7 @@ class NetworkDiagnostics(L.Callback):
         self.every_n_steps = every_n_steps
         self.validation = validation
         self.num_images = num_images
+        self._budget = OverheadBudget(max_overhead)
         self._writer = None
         self._layers: WatchedLayers | None = None
         self._train_probe: TrainingProbe | None = None
@@ -94,8 +109,15 @@ class NetworkDiagnostics(L.Callback):
         self._layers = WatchedLayers.of(network(pl_module))
         self._train_probe = TrainingProbe(self._layers)
         self._val_probe = ValidationProbe(self._layers)
+        self._budget.start()
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._budget.skipped:
+            rank_zero_info(
+                f"diagnostics: skipped {self._budget.skipped} instrumented steps or validation "
+                f"pictures to stay within {self._budget.fraction:.0%} of training time "
+                "(callbacks.diagnostics.max_overhead=null keeps them all)."
+            )
         self._remove_hooks()
 
     def on_exception(
@@ -122,16 +144,19 @@ class NetworkDiagnostics(L.Callback):
         # With gradient accumulation several batches share a step: instrument the first.
         if self._train_probe is None or not due or step == self._last_step:
             return
-        self._step = self._last_step = step
-        self._train_probe.active = True
+        self._last_step = step
+        if self._budget.allows():
+            self._step = step
+            self._train_probe.active = True
 
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         if self._step < 0:
             return
-        self._grad_norms = dict(gradient_norms(self._layers))
-        self._weights_before = snapshot(self._layers)
+        with self._budget.timed():
+            self._grad_norms = dict(gradient_norms(self._layers))
+            self._weights_before = snapshot(self._layers)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
@@ -139,19 +164,23 @@ class NetworkDiagnostics(L.Callback):
         if self._step < 0:
             return
         self._train_probe.active = False
-        scalars, var_ratios = self._train_probe.take()
-        scalars.update({f"grad_norm/{k}": v for k, v in self._grad_norms.items()})
-        ratios = update_ratios(self._layers, self._weights_before)
-        scalars.update({f"update_ratio/{k}": v for k, v in ratios})
-        histograms = batch_norm_state(self._layers.batch_norms)
-        histograms.update({f"bn/{k}/var_ratio_train": v for k, v in var_ratios.items()})
-        self._write(scalars, histograms, self._step)
+        self._budget.charge(self._train_probe.take_busy_s())
+        with self._budget.timed():
+            scalars, var_ratios = self._train_probe.take()
+            scalars.update({f"grad_norm/{k}": v for k, v in self._grad_norms.items()})
+            ratios = update_ratios(self._layers, self._weights_before)
+            scalars.update({f"update_ratio/{k}": v for k, v in ratios})
+            histograms = batch_norm_state(self._layers.batch_norms)
+            histograms.update({f"bn/{k}/var_ratio_train": v for k, v in var_ratios.items()})
+            self._write(scalars, histograms, self._step)
         self._step, self._grad_norms, self._weights_before = -1, {}, {}
 
     # --- validation epochs ------------------------------------------------------------------
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._val_probe is None or not self.validation or trainer.sanity_checking:
+            return
+        if not self._budget.allows():
             return
         self._val_probe.active = True
         self._confusion, self._sample = None, None
@@ -171,6 +200,10 @@ class NetworkDiagnostics(L.Callback):
     ) -> None:
         if self._val_hook is None or self._logits is None:
             return
+        with self._budget.timed():
+            self._count_predictions(batch)
+
+    def _count_predictions(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         images, labels = batch
         predicted = self._logits.argmax(dim=1)
         k = self._logits.size(1)
@@ -188,6 +221,11 @@ class NetworkDiagnostics(L.Callback):
         self._val_hook.remove()
         self._val_hook = None
         self._val_probe.active = False
+        self._budget.charge(self._val_probe.take_busy_s())
+        with self._budget.timed():
+            self._write_validation(trainer)
+
+    def _write_validation(self, trainer: L.Trainer) -> None:
         var_ratios = self._val_probe.take_var_ratios()
         if self._confusion is None:
             return

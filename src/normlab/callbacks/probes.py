@@ -1,15 +1,16 @@
 """Which layers the diagnostics watch, and the forward hooks that measure them.
 
 Layers are named by their module path inside the network (`features.0.norm`, `head.1.act`),
-the names `print(net)` shows. The hooks are registered once and return at once unless a probe
-is switched on, so an uninstrumented step pays only the call of a Python function per watched
+the names `print(net)` shows. The hooks are registered once and return at once unless their
+probe is switched on, so an uninstrumented step pays only a Python function call per watched
 layer. Every statistic stays a tensor on the training device until the caller collects them
 all in one host transfer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -63,18 +64,48 @@ def channel_variance(x: torch.Tensor) -> torch.Tensor:
     return x.detach().transpose(0, 1).flatten(1).var(dim=1)
 
 
-class TrainingProbe:
+class Probe:
+    """Forward hooks that measure while `active` and keep count of the time they took."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.busy_s = 0.0
+        self._handles: list = []
+
+    def _timed(self, hook: Callable) -> Callable:
+        """Wrap a hook: return at once unless active, else run it and add up its time."""
+
+        def timed_hook(*args):
+            if not self.active:
+                return None
+            began = time.perf_counter()
+            result = hook(*args)
+            self.busy_s += time.perf_counter() - began
+            return result
+
+        return timed_hook
+
+    def take_busy_s(self) -> float:
+        busy, self.busy_s = self.busy_s, 0.0
+        return busy
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+class TrainingProbe(Probe):
     """Measures one training step when `active`: activation mean and std before and after
     each norm layer, the fraction of zero ReLU outputs, and for batch norms the ratio of the
     running variance (as it stood before this batch) to this batch's variance."""
 
     def __init__(self, layers: WatchedLayers) -> None:
+        super().__init__()
         self.layers = layers
-        self.active = False
         self.scalars: dict[str, torch.Tensor] = {}
         self.var_ratios: dict[str, torch.Tensor] = {}
         self._running_var_before: dict[str, torch.Tensor] = {}
-        self._handles = []
         for name, module in layers.norms.items():
             self._handles.append(module.register_forward_hook(self._norm_hook(name)))
         for name, module in layers.batch_norms.items():
@@ -83,8 +114,9 @@ class TrainingProbe:
             self._handles.append(module.register_forward_hook(self._relu_hook(name)))
 
     def _norm_hook(self, name: str):
+        @self._timed
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            if not (self.active and module.training):
+            if not module.training:
                 return
             x, y = inputs[0].detach(), output.detach()
             self.scalars[f"activation_mean/{name}/before"] = x.mean()
@@ -99,16 +131,18 @@ class TrainingProbe:
         return hook
 
     def _bn_pre_hook(self, name: str):
+        @self._timed
         def hook(module: nn.Module, inputs: tuple) -> None:
-            if self.active and module.training:
+            if module.training:
                 # The forward pass updates running_var in place; keep the value it replaces.
                 self._running_var_before[name] = module.running_var.detach().clone()
 
         return hook
 
     def _relu_hook(self, name: str):
+        @self._timed
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            if self.active and module.training:
+            if module.training:
                 self.scalars[f"relu_zero_fraction/{name}"] = (output.detach() == 0).float().mean()
 
         return hook
@@ -119,20 +153,15 @@ class TrainingProbe:
         self.scalars, self.var_ratios, self._running_var_before = {}, {}, {}
         return scalars, ratios
 
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
 
-
-class ValidationProbe:
+class ValidationProbe(Probe):
     """Accumulates, over a validation epoch, each batch norm's per-channel input variance
     (evaluation mode: dropout off, running statistics in use). Its ratio to the running
     variance is the variance shift: far from 1 when dropout feeds a batch norm (Li et al. 2019).
     """
 
     def __init__(self, layers: WatchedLayers) -> None:
-        self.active = False
+        super().__init__()
         # Per layer: (count, per-channel mean, per-channel sum of squared deviations).
         self._moments: dict[str, tuple[int, torch.Tensor, torch.Tensor]] = {}
         self._handles = [
@@ -142,8 +171,9 @@ class ValidationProbe:
         self._modules = layers.batch_norms
 
     def _hook(self, name: str):
+        @self._timed
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            if not self.active or module.training:
+            if module.training:
                 return
             x = inputs[0].detach().transpose(0, 1).flatten(1)
             batch = (x.size(1), x.mean(1), x.var(1, unbiased=False) * x.size(1))
@@ -160,11 +190,6 @@ class ValidationProbe:
             ratios[name] = self._modules[name].running_var.detach() / variance
         self._moments = {}
         return ratios
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
 
 
 def merge_moments(
@@ -201,5 +226,5 @@ def update_ratios(
         if old is None:
             continue
         delta = torch.stack([(p.detach() - o).norm() for p, o in zip(params, old, strict=True)])
-        size = torch.stack([o.norm() for o in old])
-        yield name, torch.linalg.vector_norm(delta) / torch.linalg.vector_norm(size).clamp_min(1e-12)
+        size = torch.linalg.vector_norm(torch.stack([o.norm() for o in old]))
+        yield name, torch.linalg.vector_norm(delta) / size.clamp_min(1e-12)
