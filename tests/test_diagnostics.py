@@ -23,7 +23,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from normlab.callbacks import NetworkDiagnostics
+from normlab.callbacks import NetworkDiagnostics, figures
 from normlab.callbacks.budget import OverheadBudget
 from normlab.callbacks.probes import ValidationProbe, WatchedLayers
 from normlab.layers import ScratchBatchNorm2d
@@ -271,6 +271,16 @@ def test_validation_variance_ratio_merges_batches_exactly(bn_type):
         net(chunk)
     expected = bn.running_var / x.transpose(0, 1).flatten(1).var(dim=1)
     torch.testing.assert_close(probe.take_var_ratios()["norm"], expected, rtol=1e-5, atol=0)
+
+
+def test_pictures_reach_tensorboard_pixel_for_pixel(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    image = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    with SummaryWriter(tmp_path) as writer:
+        figures.add_png(writer, "val/picture", image, step=7)
+    stored = Events(tmp_path).images["val/picture"][7]
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(stored))), image)
 
 
 def test_overhead_budget_skips_work_beyond_its_share():

@@ -24,7 +24,8 @@ Cost: the hooks return at once on other steps, a step's statistics reach the hos
 transfer, the pictures are drawn with Pillow in milliseconds. And a time budget
 (`max_overhead`, 5% by default) bounds the total: where an epoch lasts a fraction of a second
 (tiny datasets, fast GPUs) instrumented steps and pictures are skipped rather than letting the
-diagnostics slow training down. README.md gives the measured overhead.
+diagnostics slow training down (the first and last validation epochs are always drawn).
+README.md gives the measured overhead.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class NetworkDiagnostics(L.Callback):
         self._weights_before: dict[str, list[torch.Tensor]] = {}
         self._grad_norms: dict[str, torch.Tensor] = {}
         self._val_hook = None
+        self._validations_drawn = 0
         self._logits: torch.Tensor | None = None
         self._confusion: torch.Tensor | None = None
         self._sample: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
@@ -110,6 +112,7 @@ class NetworkDiagnostics(L.Callback):
         self._train_probe = TrainingProbe(self._layers)
         self._val_probe = ValidationProbe(self._layers)
         self._budget.start()
+        self._validations_drawn = 0
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._budget.skipped:
@@ -180,8 +183,12 @@ class NetworkDiagnostics(L.Callback):
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._val_probe is None or not self.validation or trainer.sanity_checking:
             return
-        if not self._budget.allows():
+        # The first and the last epoch are always drawn: a short run shows both ends.
+        max_epochs = trainer.max_epochs or -1  # -1: no limit
+        last = max_epochs > 0 and trainer.current_epoch + 1 >= max_epochs
+        if not (self._validations_drawn == 0 or last or self._budget.allows()):
             return
+        self._validations_drawn += 1
         self._val_probe.active = True
         self._confusion, self._sample = None, None
         self._val_hook = pl_module.register_forward_hook(self._keep_logits)
@@ -241,7 +248,7 @@ class NetworkDiagnostics(L.Callback):
         accuracy = counts.trace() / max(counts.sum(), 1)
         title = f"epoch {trainer.current_epoch}: validation accuracy {accuracy:.3f}"
         matrix = figures.confusion_matrix_image(counts, names, title)
-        self._writer.add_image("val/confusion_matrix", matrix, step, dataformats="HWC")
+        figures.add_png(self._writer, "val/confusion_matrix", matrix, step)
         images, labels, predicted = self._sample
         mean, std = normalization(trainer)
         grid = figures.prediction_grid(
@@ -249,7 +256,7 @@ class NetworkDiagnostics(L.Callback):
             [names[i] for i in labels.tolist()],
             [names[i] for i in predicted.tolist()],
         )
-        self._writer.add_image("val/predictions", grid, step, dataformats="HWC")
+        figures.add_png(self._writer, "val/predictions", grid, step)
 
     # --- output -----------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """Pictures for TensorBoard: a grid of images with true and predicted labels, and a confusion
-matrix. Both return uint8 [H, W, 3] arrays for `SummaryWriter.add_image(..., dataformats="HWC")`.
+matrix, as uint8 [H, W, 3] arrays, and `add_png` to write them.
 
 Both are drawn with Pillow in a few milliseconds (a matplotlib figure of the same matrix took
 about 120 ms here), so they can be drawn at the end of every validation epoch.
@@ -7,11 +7,13 @@ about 120 ms here), so they can be drawn at the end of every validation epoch.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from tensorboard.compat.proto.summary_pb2 import Summary
 
 RIGHT, WRONG, TEXT = (80, 220, 100), (255, 90, 90), (235, 235, 235)
 
@@ -107,3 +109,24 @@ def blues(fraction: float) -> tuple[int, int, int]:
     """White (0) to dark blue (1), like matplotlib's "Blues" colour map."""
     light, dark = np.array([247, 251, 255]), np.array([8, 48, 107])
     return tuple(int(v) for v in np.round(light + (dark - light) * float(fraction)))
+
+
+def add_png(writer, tag: str, image: np.ndarray, step: int) -> None:
+    """Write a uint8 [H, W, 3] image to a `torch.utils.tensorboard.SummaryWriter`.
+
+    `SummaryWriter.add_image` converts to float, resizes with Lanczos even at scale 1 and
+    compresses hard: about 60 ms per picture here. A fast PNG of the array as it is takes a
+    third of that, and TensorBoard reads the same Summary.Image either way.
+    """
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+    picture = Summary.Image(
+        height=image.shape[0],
+        width=image.shape[1],
+        colorspace=3,
+        encoded_image_string=buffer.getvalue(),
+    )
+    # The call add_image itself ends in.
+    writer._get_file_writer().add_summary(
+        Summary(value=[Summary.Value(tag=tag, image=picture)]), step
+    )
