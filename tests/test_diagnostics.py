@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from normlab.callbacks import NetworkDiagnostics, figures
 from normlab.callbacks.budget import OverheadBudget
-from normlab.callbacks.probes import ValidationProbe, WatchedLayers
+from normlab.callbacks.probes import ValidationProbe, WatchedLayers, channel_variance
 from normlab.layers import ScratchBatchNorm2d
 from normlab.models import SeedCNN
 from normlab.module import ImageClassifier
@@ -174,7 +174,8 @@ def test_first_step_statistics_match_pytorch_on_the_same_batch(run, events):
 @pytest.mark.slow
 def test_validation_pictures_and_accuracies_match_the_last_checkpoint(run, events):
     """At the last epoch's validation the weights are those of last.ckpt: per-class accuracy,
-    the variance ratio and the picture's right/wrong colours follow from them."""
+    the variance ratio (on the first validation batch) and the picture's right/wrong colours
+    follow from them."""
     cfg = saved_config(run.run_dir)
     net = trained_network(run.run_dir, "last.ckpt")
     datamodule = instantiate(cfg.data)
@@ -183,6 +184,7 @@ def test_validation_pictures_and_accuracies_match_the_last_checkpoint(run, event
     seen = capture(net, ["features.1.norm"])
     with torch.no_grad():
         predicted = net(normalized(images, cfg)).argmax(dim=1)
+        net(normalized(images[: cfg.data.eval_batch_size], cfg))  # the first validation batch
     step = VAL_STEPS[-1]
     for digit in range(10):
         mine = predicted[labels == digit] == digit
@@ -257,7 +259,7 @@ def test_gradient_norm_and_update_ratio_match_one_sgd_step(tmp_path):
 
 
 @pytest.mark.parametrize("bn_type", [nn.BatchNorm2d, ScratchBatchNorm2d])
-def test_validation_variance_ratio_merges_batches_exactly(bn_type):
+def test_validation_variance_ratio_uses_the_first_batch_of_each_epoch(bn_type):
     bn = bn_type(4)
     bn.running_var.copy_(torch.tensor([0.5, 1.0, 2.0, 4.0]))
     net = nn.Sequential(OrderedDict(norm=bn)).eval()
@@ -266,11 +268,26 @@ def test_validation_variance_ratio_merges_batches_exactly(bn_type):
     probe = ValidationProbe(layers)
     probe.active = True
     scale = torch.tensor([1.0, 2.0, 3.0, 0.5]).view(1, 4, 1, 1)
-    x = torch.randn(50, 4, 6, 6) * scale + 3.0
-    for chunk in x.split([7, 20, 23]):  # unequal batches, like a last partial batch
-        net(chunk)
-    expected = bn.running_var / x.transpose(0, 1).flatten(1).var(dim=1)
+    first, later = torch.randn(20, 4, 6, 6) * scale + 3.0, torch.randn(20, 4, 6, 6)
+    net(first)
+    net(later)
+    expected = bn.running_var / first.transpose(0, 1).flatten(1).var(dim=1)
     torch.testing.assert_close(probe.take_var_ratios()["norm"], expected, rtol=1e-5, atol=0)
+    net(later)  # the next epoch starts afresh
+    expected = bn.running_var / later.transpose(0, 1).flatten(1).var(dim=1)
+    torch.testing.assert_close(probe.take_var_ratios()["norm"], expected, rtol=1e-5, atol=0)
+
+
+def test_channel_variance_matches_torch_in_float64():
+    x = torch.randn(64, 3, 10, 10, dtype=torch.float64) * 0.01 + 1000.0  # far from zero
+    expected = x.var(dim=(0, 2, 3))
+    shift = torch.full((3,), 1000.0, dtype=torch.float32)
+    torch.testing.assert_close(
+        channel_variance(x.float(), shift).double(), expected, rtol=1e-3, atol=0
+    )
+    y = torch.randn(64, 3, 10, 10) * torch.tensor([0.1, 1.0, 10.0]).view(1, 3, 1, 1)
+    expected = y.double().var(dim=(0, 2, 3)).float()
+    torch.testing.assert_close(channel_variance(y), expected, rtol=1e-5, atol=0)
 
 
 def test_pictures_reach_tensorboard_pixel_for_pixel(tmp_path):
@@ -304,7 +321,7 @@ def test_diagnostics_are_on_by_default_and_can_be_tuned_or_switched_off(compose_
 
     (default,) = diagnostics([])
     assert default.every_n_steps == 50 and default.validation
-    assert default._budget.fraction == 0.05
+    assert default.budget.fraction == 0.05
     (tuned,) = diagnostics(["callbacks.diagnostics.every_n_steps=7"])
     assert tuned.every_n_steps == 7
     assert diagnostics(["callbacks/diagnostics=none"]) == []

@@ -64,6 +64,9 @@ class NetworkDiagnostics(L.Callback):
         max_overhead: the most time the diagnostics may take, as a fraction of the rest of
             training; work beyond it is skipped (and counted in a note at the end of fit).
             None: never skip.
+
+    Attributes:
+        budget: the time budget; `budget.spent` is the seconds the diagnostics took so far.
     """
 
     def __init__(
@@ -81,7 +84,7 @@ class NetworkDiagnostics(L.Callback):
         self.every_n_steps = every_n_steps
         self.validation = validation
         self.num_images = num_images
-        self._budget = OverheadBudget(max_overhead)
+        self.budget = OverheadBudget(max_overhead)
         self._writer = None
         self._layers: WatchedLayers | None = None
         self._train_probe: TrainingProbe | None = None
@@ -111,14 +114,14 @@ class NetworkDiagnostics(L.Callback):
         self._layers = WatchedLayers.of(network(pl_module))
         self._train_probe = TrainingProbe(self._layers)
         self._val_probe = ValidationProbe(self._layers)
-        self._budget.start()
+        self.budget.start()
         self._validations_drawn = 0
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._budget.skipped:
+        if self.budget.skipped:
             rank_zero_info(
-                f"diagnostics: skipped {self._budget.skipped} instrumented steps or validation "
-                f"pictures to stay within {self._budget.fraction:.0%} of training time "
+                f"diagnostics: skipped {self.budget.skipped} instrumented steps or validation "
+                f"pictures to stay within {self.budget.fraction:.0%} of training time "
                 "(callbacks.diagnostics.max_overhead=null keeps them all)."
             )
         self._remove_hooks()
@@ -148,7 +151,7 @@ class NetworkDiagnostics(L.Callback):
         if self._train_probe is None or not due or step == self._last_step:
             return
         self._last_step = step
-        if self._budget.allows():
+        if self.budget.allows():
             self._step = step
             self._train_probe.active = True
 
@@ -157,7 +160,7 @@ class NetworkDiagnostics(L.Callback):
     ) -> None:
         if self._step < 0:
             return
-        with self._budget.timed():
+        with self.budget.timed():
             self._grad_norms = dict(gradient_norms(self._layers))
             self._weights_before = snapshot(self._layers)
 
@@ -167,8 +170,8 @@ class NetworkDiagnostics(L.Callback):
         if self._step < 0:
             return
         self._train_probe.active = False
-        self._budget.charge(self._train_probe.take_busy_s())
-        with self._budget.timed():
+        self.budget.charge(self._train_probe.take_busy_s())
+        with self.budget.timed():
             scalars, var_ratios = self._train_probe.take()
             scalars.update({f"grad_norm/{k}": v for k, v in self._grad_norms.items()})
             ratios = update_ratios(self._layers, self._weights_before)
@@ -186,7 +189,7 @@ class NetworkDiagnostics(L.Callback):
         # The first and the last epoch are always drawn: a short run shows both ends.
         max_epochs = trainer.max_epochs or -1  # -1: no limit
         last = max_epochs > 0 and trainer.current_epoch + 1 >= max_epochs
-        if not (self._validations_drawn == 0 or last or self._budget.allows()):
+        if not (self._validations_drawn == 0 or last or self.budget.allows()):
             return
         self._validations_drawn += 1
         self._val_probe.active = True
@@ -207,7 +210,7 @@ class NetworkDiagnostics(L.Callback):
     ) -> None:
         if self._val_hook is None or self._logits is None:
             return
-        with self._budget.timed():
+        with self.budget.timed():
             self._count_predictions(batch)
 
     def _count_predictions(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -228,8 +231,8 @@ class NetworkDiagnostics(L.Callback):
         self._val_hook.remove()
         self._val_hook = None
         self._val_probe.active = False
-        self._budget.charge(self._val_probe.take_busy_s())
-        with self._budget.timed():
+        self.budget.charge(self._val_probe.take_busy_s())
+        with self.budget.timed():
             self._write_validation(trainer)
 
     def _write_validation(self, trainer: L.Trainer) -> None:

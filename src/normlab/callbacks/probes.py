@@ -58,10 +58,22 @@ class WatchedLayers:
         return layers
 
 
-def channel_variance(x: torch.Tensor) -> torch.Tensor:
+def channel_variance(x: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
     """Unbiased per-channel variance of [N, C, ...] activations, as batch norm's running_var
-    accumulates it."""
-    return x.detach().transpose(0, 1).flatten(1).var(dim=1)
+    accumulates it.
+
+    Computed from sums of (x - shift) and its square: plain reductions, several times faster
+    on a CPU than torch.var over (0, 2, 3), which runs Welford's update per element. A shift
+    near the channel means (batch norm's running_mean) keeps the subtraction exact enough in
+    float32.
+    """
+    x = x.detach()
+    dims = [d for d in range(x.dim()) if d != 1]
+    if shift is not None:
+        x = x - shift.detach().view(1, -1, *([1] * (x.dim() - 2)))
+    n = x.numel() // x.size(1)
+    total, total_sq = x.sum(dims), x.square().sum(dims)
+    return (total_sq - total.square() / n) / max(n - 1, 1)
 
 
 class Probe:
@@ -124,7 +136,9 @@ class TrainingProbe(Probe):
             self.scalars[f"activation_std/{name}/before"] = x.std()
             self.scalars[f"activation_std/{name}/after"] = y.std()
             if name in self._running_var_before:
-                ratio = self._running_var_before.pop(name) / channel_variance(x)
+                ratio = self._running_var_before.pop(name) / channel_variance(
+                    x, module.running_mean
+                )
                 self.var_ratios[name] = ratio
                 self.scalars[f"bn_var_ratio/{name}/train"] = ratio.mean()
 
@@ -155,52 +169,38 @@ class TrainingProbe(Probe):
 
 
 class ValidationProbe(Probe):
-    """Accumulates, over a validation epoch, each batch norm's per-channel input variance
-    (evaluation mode: dropout off, running statistics in use). Its ratio to the running
-    variance is the variance shift: far from 1 when dropout feeds a batch norm (Li et al. 2019).
+    """Measures each batch norm's per-channel input variance on the first batch of a
+    validation epoch (evaluation mode: dropout off, running statistics in use; the same images
+    every epoch). Its ratio to the running variance is the variance shift: far from 1 when
+    dropout feeds a batch norm (Li et al. 2019). One batch (1000 images by default) holds
+    plenty of values per channel; measuring every batch cost a fifth of validation time.
     """
 
     def __init__(self, layers: WatchedLayers) -> None:
         super().__init__()
-        # Per layer: (count, per-channel mean, per-channel sum of squared deviations).
-        self._moments: dict[str, tuple[int, torch.Tensor, torch.Tensor]] = {}
+        self.variances: dict[str, torch.Tensor] = {}
+        self._modules = layers.batch_norms
         self._handles = [
             module.register_forward_hook(self._hook(name))
             for name, module in layers.batch_norms.items()
         ]
-        self._modules = layers.batch_norms
 
     def _hook(self, name: str):
         @self._timed
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            if module.training:
-                return
-            x = inputs[0].detach().transpose(0, 1).flatten(1)
-            batch = (x.size(1), x.mean(1), x.var(1, unbiased=False) * x.size(1))
-            seen = self._moments.get(name)
-            self._moments[name] = batch if seen is None else merge_moments(seen, batch)
+            if not module.training and name not in self.variances:
+                self.variances[name] = channel_variance(inputs[0], module.running_mean)
 
         return hook
 
     def take_var_ratios(self) -> dict[str, torch.Tensor]:
-        """running_var / variance of the epoch's inputs, per channel, for each batch norm."""
-        ratios = {}
-        for name, (count, _, sum_sq_dev) in self._moments.items():
-            variance = sum_sq_dev / max(count - 1, 1)
-            ratios[name] = self._modules[name].running_var.detach() / variance
-        self._moments = {}
+        """running_var / variance of the measured batch, per channel, for each batch norm."""
+        ratios = {
+            name: self._modules[name].running_var.detach() / variance
+            for name, variance in self.variances.items()
+        }
+        self.variances = {}
         return ratios
-
-
-def merge_moments(
-    a: tuple[int, torch.Tensor, torch.Tensor], b: tuple[int, torch.Tensor, torch.Tensor]
-) -> tuple[int, torch.Tensor, torch.Tensor]:
-    """Combine (count, mean, sum of squared deviations) of two batches (Chan et al. 1979):
-    exact in float32, where sum(x^2) - n * mean^2 over millions of values is not."""
-    (n_a, mean_a, m2_a), (n_b, mean_b, m2_b) = a, b
-    n = n_a + n_b
-    delta = mean_b - mean_a
-    return n, mean_a + delta * (n_b / n), m2_a + m2_b + delta.square() * (n_a * n_b / n)
 
 
 def gradient_norms(layers: WatchedLayers) -> Iterator[tuple[str, torch.Tensor]]:
