@@ -24,7 +24,7 @@ Cost: the hooks return at once on other steps, a step's statistics reach the hos
 transfer, the pictures are drawn with Pillow in milliseconds. And a time budget
 (`max_overhead`, 5% by default) bounds the total: where an epoch lasts a fraction of a second
 (tiny datasets, fast GPUs) instrumented steps and pictures are skipped rather than letting the
-diagnostics slow training down (the first and last validation epochs are always drawn).
+diagnostics slow training down (the first validation epoch is always drawn).
 README.md gives the measured overhead.
 """
 
@@ -151,7 +151,8 @@ class NetworkDiagnostics(L.Callback):
         if self._train_probe is None or not due or step == self._last_step:
             return
         self._last_step = step
-        if self.budget.allows():
+        if self.budget.allows("step"):
+            self.budget.begin("step")
             self._step = step
             self._train_probe.active = True
 
@@ -179,6 +180,7 @@ class NetworkDiagnostics(L.Callback):
             histograms = batch_norm_state(self._layers.batch_norms)
             histograms.update({f"bn/{k}/var_ratio_train": v for k, v in var_ratios.items()})
             self._write(scalars, histograms, self._step)
+        self.budget.end("step")
         self._step, self._grad_norms, self._weights_before = -1, {}, {}
 
     # --- validation epochs ------------------------------------------------------------------
@@ -186,11 +188,10 @@ class NetworkDiagnostics(L.Callback):
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._val_probe is None or not self.validation or trainer.sanity_checking:
             return
-        # The first and the last epoch are always drawn: a short run shows both ends.
-        max_epochs = trainer.max_epochs or -1  # -1: no limit
-        last = max_epochs > 0 and trainer.current_epoch + 1 >= max_epochs
-        if not (self._validations_drawn == 0 or last or self.budget.allows()):
+        # The first validation epoch is always drawn: even the shortest run shows pictures.
+        if self._validations_drawn > 0 and not self.budget.allows("validation"):
             return
+        self.budget.begin("validation")
         self._validations_drawn += 1
         self._val_probe.active = True
         self._confusion, self._sample = None, None
@@ -234,6 +235,7 @@ class NetworkDiagnostics(L.Callback):
         self.budget.charge(self._val_probe.take_busy_s())
         with self.budget.timed():
             self._write_validation(trainer)
+        self.budget.end("validation")
 
     def _write_validation(self, trainer: L.Trainer) -> None:
         var_ratios = self._val_probe.take_var_ratios()
@@ -251,7 +253,7 @@ class NetworkDiagnostics(L.Callback):
         accuracy = counts.trace() / max(counts.sum(), 1)
         title = f"epoch {trainer.current_epoch}: validation accuracy {accuracy:.3f}"
         matrix = figures.confusion_matrix_image(counts, names, title)
-        figures.add_png(self._writer, "val/confusion_matrix", matrix, step)
+        figures.add_picture(self._writer, "val/confusion_matrix", matrix, step)
         images, labels, predicted = self._sample
         mean, std = normalization(trainer)
         grid = figures.prediction_grid(
@@ -259,7 +261,7 @@ class NetworkDiagnostics(L.Callback):
             [names[i] for i in labels.tolist()],
             [names[i] for i in predicted.tolist()],
         )
-        figures.add_png(self._writer, "val/predictions", grid, step)
+        figures.add_picture(self._writer, "val/predictions", grid, step)
 
     # --- output -----------------------------------------------------------------------------
 
