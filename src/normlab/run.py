@@ -34,6 +34,7 @@ from normlab.resume import (
     load_run,
     verify_checkpoint,
 )
+from normlab.summary import describe_run
 
 log = logging.getLogger("normlab")
 
@@ -143,6 +144,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             f"{cfg.model.dropout.name}(p={cfg.model.dropout.p})",
             output_dir,
         )
+        if trainer.is_global_zero:
+            describe_run(cfg, net, output_dir)  # model_summary.txt, config_resolved.yaml
         if resumed is not None:
             log.info("resuming %s from %s", output_dir, checkpoint or "the start (no checkpoint)")
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)

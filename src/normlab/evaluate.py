@@ -1,0 +1,186 @@
+"""Re-test a finished run with its own saved config and checkpoint: `python eval.py run=<dir>`.
+
+The run's `.hydra/config.yaml` is the source of truth (the files in `conf/` may have changed
+since it trained). `key=value` overrides from the command line are applied on top of it, and
+`eval.json` is written beside the run's `results.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import MissingMandatoryValue
+
+from normlab.callbacks.progress import TerminalProgressBar
+from normlab.errors import ConfigError
+from normlab.quiet import quiet_lightning
+from normlab.run import build_module, build_network, write_json
+
+log = logging.getLogger("normlab")
+
+CHECKPOINTS = {"best": "checkpoints/best.ckpt", "last": "checkpoints/last.ckpt"}
+# Keys of conf/eval.yaml itself; every other override is meant for the run's config.
+EVAL_KEYS = ("run", "which")
+_ABSENT = object()
+
+
+def load_run_config(run_dir: Path) -> DictConfig:
+    """The config a run trained with, its output directory pinned to the run itself."""
+    if not run_dir.is_dir():
+        raise ConfigError(
+            f"run={run_dir}: no such directory. Pass the directory of a finished training run, "
+            "the one holding results.json, checkpoints/ and .hydra/ "
+            "(e.g. run=logs/runs/2026-01-31_12-00-00_1234)."
+        )
+    path = run_dir / ".hydra" / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"run={run_dir}: {path} is missing, so this is not a normlab run directory "
+            "(train.py saves the config of every run there). For a sweep, pass one job's "
+            "directory, e.g. logs/multiruns/<time>/0."
+        )
+    cfg = OmegaConf.load(path)
+    with open_dict(cfg):
+        # Saved as ${hydra:runtime.output_dir}, which would now name another directory.
+        cfg.paths.output_dir = str(run_dir)
+    return cfg
+
+
+def checkpoint_path(run_dir: Path, which: str) -> Path:
+    if which not in CHECKPOINTS:
+        raise ConfigError(f"which={which!r}: choose which=best or which=last.")
+    path = run_dir / CHECKPOINTS[which]
+    if not path.is_file():
+        found = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
+        raise ConfigError(
+            f"run={run_dir}: no {which} checkpoint at {path} "
+            f"({'found ' + ', '.join(found) if found else 'no checkpoints at all'}). "
+            "A run writes checkpoints/best.ckpt and last.ckpt once it has finished an epoch; "
+            + ("try which=last." if "last.ckpt" in found else "train it (longer) first.")
+        )
+    return path
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The LightningModule weights of a checkpoint, read without unpickling any code."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"checkpoint {path} cannot be read as plain weights ({first_line}). It is damaged, "
+            "or holds pickled objects, which normlab refuses to load (weights_only=True)."
+        ) from None
+    return checkpoint["state_dict"]
+
+
+def apply_overrides(saved: DictConfig, composed: DictConfig, overrides: Sequence[str]) -> None:
+    """Apply command-line overrides to the run's saved config, taking each overridden value
+    from `composed` (Hydra has already parsed and applied it there): `data.eval_batch_size=500`
+    sets one key, `trainer=cpu` replaces the whole trainer node, `~key` deletes a key."""
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        key = override.key_or_group.replace("/", ".")  # model/norm=group -> node model.norm
+        if key in EVAL_KEYS:
+            continue
+        if override.is_delete():
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(saved, parent) if parent else saved
+            if node is not None and leaf in node:
+                with open_dict(node):
+                    del node[leaf]
+            continue
+        value = OmegaConf.select(composed, key, default=_ABSENT, throw_on_missing=False)
+        if value is _ABSENT:
+            raise ConfigError(
+                f"eval.py: the override {override.input_line} does not name a key or config "
+                "group of the run's config. Overrides go onto the run's saved config: use "
+                "key=value (data.eval_batch_size=500, trainer.accelerator=cpu) or a group of "
+                "train.py (trainer=cpu)."
+            )
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value, resolve=False)
+        OmegaConf.update(saved, key, value, merge=False, force_add=True)
+
+
+def evaluate(eval_cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Test a run's best (or last) checkpoint; write and return `eval.json`'s contents.
+
+    Args:
+        eval_cfg: the composed `conf/eval.yaml` (`run`, `which`, and the training groups).
+        overrides: the command-line overrides; all but `run` and `which` are applied to the
+            run's saved config, with the values Hydra composed into `eval_cfg`.
+    """
+    started = time.perf_counter()
+    quiet_lightning()
+    try:
+        run_dir = Path(eval_cfg.run)
+    except MissingMandatoryValue:
+        raise ConfigError(
+            "eval.py needs the run to test: python eval.py run=<run dir>, "
+            "e.g. run=logs/runs/2026-01-31_12-00-00_1234 (add which=last for the last epoch)."
+        ) from None
+    which = str(eval_cfg.get("which", "best"))
+    cfg = load_run_config(run_dir)
+    ckpt = checkpoint_path(run_dir, which)
+    apply_overrides(cfg, eval_cfg, overrides)
+    L.seed_everything(cfg.seed, verbose=False)
+    module = build_module(cfg, build_network(cfg.model))
+    try:
+        module.load_state_dict(load_state_dict(ckpt))
+    except RuntimeError as err:
+        detail = " ".join(line.strip() for line in str(err).splitlines()[1:2])
+        raise ConfigError(
+            f"checkpoint {ckpt} does not fit the network of the run's config "
+            f"({detail[:200]}...). Drop the model overrides, or pass the run the checkpoint "
+            "came from."
+        ) from None
+    datamodule = instantiate(cfg.data)
+    trainer = instantiate(
+        cfg.trainer,
+        logger=False,
+        callbacks=[TerminalProgressBar()],
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    result: dict[str, Any] = {
+        "run": str(run_dir),
+        "which": which,
+        "checkpoint": CHECKPOINTS[which],
+        "test_acc": metrics.get("test/acc"),
+        "test_loss": metrics.get("test/loss"),
+        "test_batches": int(sum(trainer.num_test_batches)),
+        "recorded_test_acc": recorded_test_acc(run_dir) if which == "best" else None,
+        "overrides": [o for o in overrides if o.split("=", 1)[0] not in EVAL_KEYS],
+        "wall_s": round(time.perf_counter() - started, 3),
+    }
+    if trainer.is_global_zero:
+        write_json(run_dir / "eval.json", result)
+        recorded = result["recorded_test_acc"]
+        log.info(
+            "test acc %.4f with %s%s; written to %s",
+            result["test_acc"],
+            result["checkpoint"],
+            f" (recorded at training: {recorded:.4f})" if recorded is not None else "",
+            run_dir / "eval.json",
+        )
+    return result
+
+
+def recorded_test_acc(run_dir: Path) -> float | None:
+    """The test accuracy train.py measured (with the best checkpoint), if it got that far."""
+    path = run_dir / "results.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("test_acc")
