@@ -57,7 +57,9 @@ def without_dropout(module: ImageClassifier) -> ImageClassifier:
 
 @pytest.mark.parametrize("norm", NORMS)
 def test_bf16_and_channels_last_compute_the_fp32_function(norm):
-    images, labels = torch.randn(8, 3, 32, 32), torch.randint(10, (8,))
+    data = torch.Generator().manual_seed(0)  # fixed inputs, whatever ran before this test
+    images = torch.randn(8, 3, 32, 32, generator=data)
+    labels = torch.randint(10, (8,), generator=data)
     for dropout in DROPOUTS:
         # Every layer in training mode: runs, and gives finite gradients everywhere.
         fast = classifier(network(norm, dropout), channels_last=True)
@@ -74,10 +76,11 @@ def test_bf16_and_channels_last_compute_the_fp32_function(norm):
         logits = train_step(fast, images, labels, bf16=True)
         torch.testing.assert_close(logits.float(), expected, atol=0.1, rtol=0.05)
         # Gradients as one vector (a conv bias before batch norm has a gradient of ~0 whose
-        # direction is rounding noise in either precision).
+        # direction is rounding noise in either precision). Over 15 random batches bf16 was
+        # 5-13% off in this norm; a wrong layout or dtype path is off by 100% or more.
         ours = torch.cat([p.grad.flatten() for p in fast.net.parameters()])
         theirs = torch.cat([p.grad.flatten() for p in reference.net.parameters()])
-        assert (ours - theirs).norm() < 0.1 * theirs.norm(), dropout
+        assert (ours - theirs).norm() < 0.2 * theirs.norm(), dropout
         # Running statistics stay float32, and close to the float32 run's.
         for ours, theirs in zip(fast.net.buffers(), reference.net.buffers(), strict=True):
             assert ours.dtype == theirs.dtype

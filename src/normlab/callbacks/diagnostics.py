@@ -197,8 +197,12 @@ class NetworkDiagnostics(L.Callback):
         self._confusion, self._sample = None, None
         self._val_hook = pl_module.register_forward_hook(self._keep_logits)
 
-    def _keep_logits(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        self._logits = output.detach()
+    def _keep_logits(self, module: nn.Module, inputs: tuple, output: object) -> None:
+        # Under DDP, Lightning routes validation_step through the module's own __call__ (its
+        # forward temporarily redirected), so this hook also sees that outer call, which
+        # returns None after the inner forward has delivered the logits.
+        if isinstance(output, torch.Tensor):
+            self._logits = output.detach()
 
     def on_validation_batch_end(
         self,
