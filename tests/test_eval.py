@@ -109,7 +109,7 @@ def test_missing_checkpoint_and_bad_override_name_the_fix(run, tmp_path):
         evaluate(eval_config(f"run={copy}"))
     with pytest.raises(ConfigError, match="which=best or which=last"):
         evaluate(eval_config(f"run={run.run_dir}", "which=final"))
-    with pytest.raises(ConfigError, match="does not fit the network"):
+    with pytest.raises(ConfigError, match="was saved by a different architecture"):
         overrides = ["model/norm=group"]  # no running statistics: the weights do not fit
         evaluate(eval_config(f"run={run.run_dir}", *overrides), overrides)
 

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -25,6 +23,7 @@ from omegaconf.errors import MissingMandatoryValue
 from normlab.callbacks.progress import TerminalProgressBar
 from normlab.errors import ConfigError
 from normlab.quiet import quiet_lightning
+from normlab.resume import check_architecture, load_checkpoint
 from normlab.run import build_module, build_network, write_json
 
 log = logging.getLogger("normlab")
@@ -70,19 +69,6 @@ def checkpoint_path(run_dir: Path, which: str) -> Path:
             + ("try which=last." if "last.ckpt" in found else "train it (longer) first.")
         )
     return path
-
-
-def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The LightningModule weights of a checkpoint, read without unpickling any code."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(
-            f"checkpoint {path} cannot be read as plain weights ({first_line}). It is damaged, "
-            "or holds pickled objects, which normlab refuses to load (weights_only=True)."
-        ) from None
-    return checkpoint["state_dict"]
 
 
 def apply_overrides(saved: DictConfig, composed: DictConfig, overrides: Sequence[str]) -> None:
@@ -135,16 +121,13 @@ def evaluate(eval_cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, A
     ckpt = checkpoint_path(run_dir, which)
     apply_overrides(cfg, eval_cfg, overrides)
     L.seed_everything(cfg.seed, verbose=False)
-    module = build_module(cfg, build_network(cfg.model))
-    try:
-        module.load_state_dict(load_state_dict(ckpt))
-    except RuntimeError as err:
-        detail = " ".join(line.strip() for line in str(err).splitlines()[1:2])
-        raise ConfigError(
-            f"checkpoint {ckpt} does not fit the network of the run's config "
-            f"({detail[:200]}...). Drop the model overrides, or pass the run the checkpoint "
-            "came from."
-        ) from None
+    net = build_network(cfg.model)
+    # Plain weights only (weights_only=True), and a clear message when model overrides
+    # describe a network the checkpoint's weights do not fit.
+    checkpoint = load_checkpoint(ckpt, key="checkpoint")
+    check_architecture(checkpoint, net, ckpt, key="checkpoint")
+    module = build_module(cfg, net)
+    module.load_state_dict(checkpoint["state_dict"])
     datamodule = instantiate(cfg.data)
     trainer = instantiate(
         cfg.trainer,

@@ -21,7 +21,8 @@ from PIL import Image, UnidentifiedImageError
 
 from normlab.cli import exit_on_user_error
 from normlab.errors import ConfigError, DataError
-from normlab.evaluate import checkpoint_path, load_run_config, load_state_dict
+from normlab.evaluate import checkpoint_path, load_run_config
+from normlab.resume import load_checkpoint
 from normlab.run import build_network
 
 USAGE = "usage: python -m normlab.predict run=<run dir> [which=best|last] [top=3] IMAGE [IMAGE ...]"
@@ -33,7 +34,7 @@ class Predictor:
 
     def __init__(self, run_dir: Path, which: str = "best") -> None:
         cfg = load_run_config(run_dir)
-        weights = load_state_dict(checkpoint_path(run_dir, which))
+        weights = load_checkpoint(checkpoint_path(run_dir, which), key="checkpoint")["state_dict"]
         self.net = build_network(cfg.model)
         self.net.load_state_dict(
             {k.removeprefix(NET_PREFIX): v for k, v in weights.items() if k.startswith(NET_PREFIX)}
