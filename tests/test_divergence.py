@@ -122,3 +122,23 @@ def test_history_keeps_every_epoch_after_testing_the_best_checkpoint(tmp_path):
     fit(ToyClassifier(), [resumed], tmp_path / "resume", max_epochs=2,
         ckpt_path=best.best_model_path, enable_checkpointing=False)  # fmt: skip
     assert [row["epoch"] for row in resumed.epochs] == [0, 1]
+
+
+@pytest.mark.slow
+def test_diverging_run_with_every_step_diagnosed_ends_diverged_not_crashed(tmp_path):
+    """A diverged network's statistics (NaN, inf, 1e30) cannot go into TensorBoard's
+    histogram buckets; the diagnostics must skip those values, not fail the run."""
+    from conftest import run_train
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "run"
+    proc, results = run_train(
+        "model=cnn_bn", "data=digits", "optimizer.lr=1000", "trainer.max_epochs=2",
+        "callbacks.diagnostics.every_n_steps=1", "callbacks.diagnostics.max_overhead=null",
+        run_dir=run_dir,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert results["status"] == "diverged"
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert any(tag.startswith("grad_norm/") for tag in events.Tags()["scalars"])

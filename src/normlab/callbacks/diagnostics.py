@@ -276,7 +276,15 @@ class NetworkDiagnostics(L.Callback):
         for tag in scalars:
             self._writer.add_scalar(tag, float(values[tag][0]), step)
         for tag in histograms:
-            self._writer.add_histogram(tag, values[tag], step)
+            # A diverging run (the one most worth inspecting) has NaN, inf or astronomically
+            # large statistics, which TensorBoard's default buckets (|v| < 1e20) cannot hold:
+            # add_histogram would raise. Its scalars above still show the explosion.
+            binnable = values[tag][np.abs(values[tag]) < HISTOGRAM_LIMIT]
+            if binnable.size:
+                self._writer.add_histogram(tag, binnable, step)
+
+
+HISTOGRAM_LIMIT = 1e20  # the largest bucket edge of torch.utils.tensorboard's default bins
 
 
 def network(pl_module: L.LightningModule) -> nn.Module:
