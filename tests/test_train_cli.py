@@ -73,6 +73,14 @@ def test_cifar10_run_on_generated_files_in_the_real_format(tmp_path):
     assert (run_dir / "checkpoints" / "best.ckpt").exists()
 
 
+def test_a_run_without_any_logger_still_writes_its_results(tmp_path):
+    run_dir = tmp_path / "run"
+    proc, results = run_train("logger=none", "data=digits", "debug=fast", run_dir=run_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert results["status"] == "completed" and not (run_dir / "tensorboard").exists()
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+
+
 def test_missing_cifar10_offline_prints_the_way_out_without_a_traceback(tmp_path):
     run_dir = tmp_path / "run"
     proc, results = run_train(

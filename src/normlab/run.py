@@ -18,6 +18,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -133,8 +134,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             verify_checkpoint(checkpoint, checkpoint_key, net)  # before any data is read
         module = build_module(cfg, net)
         datamodule = instantiate(cfg.data)
-        callbacks = instantiate_all(cfg.get("callbacks"))
         loggers = instantiate_all(cfg.get("logger"))
+        callbacks = instantiate_all(cfg.get("callbacks"))
+        if not loggers:  # logger=none: Lightning refuses a LearningRateMonitor with nowhere to log
+            callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
         log.info(
             "%s: %s params, norm=%s, dropout=%s; output in %s",

@@ -124,6 +124,10 @@ def fit_overrides(data_root: Path, batch_size: int, out_dir: Path, sizes: Sizes)
         f"paths.output_dir={out_dir}",
         "trainer.max_epochs=1",
         "trainer.num_sanity_val_steps=0",
+        # The network diagnostics are a research instrument with their own budget (at most
+        # 5% of training, measured by `python -m normlab.bench_diagnostics`); off here so the
+        # rows measure the training machinery itself.
+        "callbacks/diagnostics=none",
         f"+trainer.limit_train_batches={sizes.train_steps[batch_size]}",
         f"+trainer.limit_val_batches={eval_batches}",
         "+trainer.limit_test_batches=1",
