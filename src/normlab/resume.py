@@ -192,9 +192,20 @@ def checkpoint_to_load(cfg: DictConfig, resumed: ResumedRun | None) -> tuple[Pat
     return checkpoint_path(cfg.get("ckpt_path")), "ckpt_path"
 
 
+# Checkpoints already verified in this process. A single run is checked by the preflight
+# Hydra callback and again by `normlab.run.train` (which must also check sweep jobs and direct
+# calls); the second check of the same file for the same architecture is free.
+_VERIFIED: set[tuple] = set()
+
+
 def verify_checkpoint(path: Path, key: str, net: nn.Module) -> None:
     """Refuse pickled code and checkpoints of another architecture, before any data is read."""
+    shapes = tuple((name, tuple(t.shape)) for name, t in net.state_dict().items())
+    signature = (str(path.resolve()), path.stat().st_mtime_ns, shapes)
+    if signature in _VERIFIED:
+        return
     check_architecture(load_checkpoint(path, key), net, path, key)
+    _VERIFIED.add(signature)
 
 
 def history_from_last_checkpoint(checkpoint_dirs: list[Path]) -> list[dict[str, float]]:
