@@ -13,6 +13,12 @@ class _DropTips(logging.Filter):
 
 
 def quiet_lightning() -> None:
+    # `import lightning` gives the "lightning" logger its own console handler. Imported after
+    # Hydra has set up logging (train.py imports it lazily), Lightning's messages then reach
+    # both that handler and Hydra's: every line printed twice, and the first copy not in
+    # train.log. Hydra's handlers already cover the console and the log file.
+    if logging.getLogger().handlers:
+        logging.getLogger("lightning").handlers.clear()
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropTips) for f in logger.filters):
