@@ -13,6 +13,11 @@ from hydra.types import RunMode
 from normlab.errors import NormlabError
 
 
+def in_multirun() -> bool:
+    """Whether this process runs a job of a Hydra --multirun."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 @contextlib.contextmanager
 def exit_on_user_error() -> Iterator[None]:
     """Print a NormlabError as one paragraph and exit 1 in a single run.
@@ -23,8 +28,7 @@ def exit_on_user_error() -> Iterator[None]:
     try:
         yield
     except NormlabError as err:
-        multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-        if multirun:
+        if in_multirun():
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

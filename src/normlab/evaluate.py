@@ -23,6 +23,7 @@ from omegaconf.errors import MissingMandatoryValue
 from normlab.callbacks.progress import TerminalProgressBar
 from normlab.errors import ConfigError
 from normlab.quiet import quiet_lightning
+from normlab.resume import CONFIG as SAVED_CONFIG
 from normlab.resume import check_architecture, load_checkpoint
 from normlab.run import build_module, build_network, write_json
 
@@ -42,7 +43,7 @@ def load_run_config(run_dir: Path) -> DictConfig:
             "the one holding results.json, checkpoints/ and .hydra/ "
             "(e.g. run=logs/runs/2026-01-31_12-00-00_1234)."
         )
-    path = run_dir / ".hydra" / "config.yaml"
+    path = run_dir / SAVED_CONFIG
     if not path.is_file():
         raise ConfigError(
             f"run={run_dir}: {path} is missing, so this is not a normlab run directory "

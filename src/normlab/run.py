@@ -16,7 +16,6 @@ from typing import Any
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
@@ -24,6 +23,7 @@ from torch import nn
 
 from normlab.callbacks.divergence import divergence_record
 from normlab.callbacks.history import MetricHistory
+from normlab.cli import in_multirun
 from normlab.config import validate_config
 from normlab.errors import ConfigError, NormlabError
 from normlab.hparams_record import record_hparams
@@ -98,10 +98,6 @@ def task_overrides() -> list[str]:
     if HydraConfig.initialized():
         return list(HydraConfig.get().overrides.task)
     return []
-
-
-def in_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def launcher_target() -> str:

@@ -40,61 +40,68 @@ def machine() -> dict[str, Any]:
     }
 
 
-def _row(name, ours, base, ratio, ratio_text, target=None, op=None, bound=None) -> dict:
-    met = None if op is None else bool(op(ratio, bound))
+Target = tuple[str, Any, float | None]  # (text shown, comparison operator, bound)
+NO_TARGET: Target = ("", None, None)
+
+
+def at_least(bound: float | None, text: str) -> Target:
+    return (f">= {text}", operator.ge, bound) if bound is not None else NO_TARGET
+
+
+def at_most(bound: float | None, text: str, strict: bool = False) -> Target:
+    if bound is None:
+        return NO_TARGET
+    return (f"{'<' if strict else '<='} {text}", operator.lt if strict else operator.le, bound)
+
+
+def _row(name: str, ours: str, base: str, ratio: float, ratio_text: str, target: Target) -> dict:
+    text, op, bound = target
     return {
         "comparison": name,
         "normlab": ours,
         "baseline": base,
         "ratio": ratio,
         "ratio_text": ratio_text,
-        "target": target or "",
-        "met": met,
+        "target": text,
+        "met": None if op is None else bool(op(ratio, bound)),
     }
 
 
 def build_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for r in results["loader"]:
-        b = r["batch_size"]
         rows.append(
             _row(
-                f"loader, batch {b} (images/s)",
+                f"loader, batch {r['batch_size']} (images/s)",
                 f"{r['normlab_images_per_s']:,.0f}",
                 f"{r['lesson_images_per_s']:,.0f} lesson",
                 r["ratio"],
                 f"{r['ratio']:.1f}x",
-                f">= {LOADER_MIN_RATIO:g}x",
-                operator.ge,
-                LOADER_MIN_RATIO,
+                at_least(LOADER_MIN_RATIO, f"{LOADER_MIN_RATIO:g}x"),
             )
         )
     for r in results["training"]:
-        b, bound = r["batch_size"], EPOCH_MIN_SPEEDUP.get(r["batch_size"])
+        bound = EPOCH_MIN_SPEEDUP.get(r["batch_size"])
         rows.append(
             _row(
-                f"training epoch*, batch {b} (s)",
+                f"training epoch*, batch {r['batch_size']} (s)",
                 f"{r['normlab']['epoch_s']:,.1f}",
                 f"{r['lesson']['epoch_s']:,.1f} lesson",
                 r["epoch_speedup"],
                 f"{r['epoch_speedup']:.1f}x faster",
-                f">= {bound:g}x" if bound else "",
-                operator.ge if bound else None,
-                bound,
+                at_least(bound, f"{bound:g}x" if bound else ""),
             )
         )
     for r in results["training"]:
-        b, bound = r["batch_size"], OVERHEAD_MAX_RATIO.get(r["batch_size"])
+        bound = OVERHEAD_MAX_RATIO.get(r["batch_size"])
         rows.append(
             _row(
-                f"framework overhead, batch {b} (ms/step, median)",
+                f"framework overhead, batch {r['batch_size']} (ms/step, median)",
                 f"{r['fit_step_median_s'] * 1e3:.2f}",
                 f"{r['plain_step_median_s'] * 1e3:.2f} plain loop",
                 r["overhead_ratio"],
                 f"{r['overhead_ratio']:.2f}x",
-                f"<= {bound:g}x" if bound else "",
-                operator.le if bound else None,
-                bound,
+                at_most(bound, f"{bound:g}x" if bound else ""),
             )
         )
     s = results["startup"]
@@ -105,9 +112,7 @@ def build_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"{s['bare_import_s']:.1f} bare import (CPU {s['bare_import_cpu_s']:.1f})",
             s["startup_over_import_s"],
             f"{s['startup_over_import_s']:+.1f} s (CPU {s['startup_over_import_cpu_s']:+.1f} s)",
-            f"<= +{STARTUP_MAX_EXTRA_S:g} s",
-            operator.le,
-            STARTUP_MAX_EXTRA_S,
+            at_most(STARTUP_MAX_EXTRA_S, f"+{STARTUP_MAX_EXTRA_S:g} s"),
         )
     )
     rows.append(
@@ -117,9 +122,7 @@ def build_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"{s['bare_import_peak_rss_mb']:,.0f} bare import",
             s["peak_rss_mb"],
             "",
-            f"< {PEAK_RSS_MAX_MB:,.0f} MB",
-            operator.lt,
-            PEAK_RSS_MAX_MB,
+            at_most(PEAK_RSS_MAX_MB, f"{PEAK_RSS_MAX_MB:,.0f} MB", strict=True),
         )
     )
     return rows
