@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: install train test lint format tensorboard bench clean
+.PHONY: install train test test-fast lint format tensorboard bench clean
 
 # Re-install whenever pyproject.toml changes. torch is pinned to a range that pip resolves
 # from this machine's local wheels (see DESIGN.md); elsewhere it comes from PyPI.
@@ -20,9 +20,13 @@ install: $(STAMP)
 train: $(STAMP)
 	$(PY) train.py $(ARGS)
 
-## The whole test suite (offline, a few minutes on 2 CPU cores).
+## The whole test suite (offline, a few minutes on 2 CPU cores): in-process and end-to-end.
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
+
+## The in-process tier only (under two minutes): no training subprocesses.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(ARGS)
 
 ## normlab against the lesson's pipeline and loop: prints a table, writes bench.json (a few minutes).
 bench: $(STAMP)

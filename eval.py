@@ -9,9 +9,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from normlab.cli import exit_on_user_error
-from normlab.evaluate import evaluate
-from normlab.run import task_overrides
+from normlab.runner.cli import exit_on_user_error
+from normlab.runner.evaluate import evaluate
+from normlab.runner.rundir import task_overrides
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")

@@ -10,8 +10,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from normlab.cli import exit_on_user_error, explain_unknown_keys
-from normlab.interrupts import sigterm_as_interrupt
+from normlab.runner.cli import exit_on_user_error, explain_unknown_keys, sigterm_as_interrupt
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 
@@ -20,7 +19,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 def main(cfg: DictConfig) -> float | None:
     # Imported here, not at the top: Lightning takes seconds to import, and a mistyped
     # option should be reported before that.
-    from normlab.run import train
+    from normlab.runner.train import train
 
     with exit_on_user_error(), sigterm_as_interrupt():
         results = train(cfg)

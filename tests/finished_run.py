@@ -20,8 +20,6 @@ OVERRIDES = (
     # Validation and test in several batches: the statistics must be merged across them.
     "data.eval_batch_size=64",
     f"callbacks.diagnostics.every_n_steps={EVERY_N_STEPS}",
-    # Every instrumented step and picture, whatever the load on the test machine.
-    "callbacks.diagnostics.max_overhead=null",
 )
 
 

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 
 from normlab.bench import __main__ as bench_main
 from normlab.bench import probes, suite
@@ -60,7 +61,7 @@ def test_lesson_pipeline_and_normlab_batches_hold_the_same_images(cifar_root):
 
 def test_lesson_loop_stops_after_the_measured_part_and_reports_its_phases(cifar_root, tmp_path):
     torch.manual_seed(0)
-    model = suite.build_network(suite.compose_config(["model=cnn_bn_dropout"]).model)
+    model = suite.build_network(suite.compose_config(REPO, ["model=cnn_bn_dropout"]).model)
     trainloader, testloader = lesson_loaders(cifar_root, batch_size=4)
     clock = probes.PhaseClock(warmup=2)
     history = train_and_validate(
@@ -104,7 +105,7 @@ def test_phase_clock_extrapolates_an_epoch_from_its_parts(monkeypatch):
 def test_plain_loop_trains_the_configured_network(cifar_root):
     sizes = dataclasses.replace(suite.QUICK, val_size=50)
     cfg = suite.compose_config(
-        [*suite.data_overrides(cifar_root, 8, sizes), "paths.output_dir=unused"]
+        REPO, [*suite.data_overrides(cifar_root, 8, sizes), "paths.output_dir=unused"]
     )
     summary = suite.plain_loop(cfg, steps=6, warmup=2)
     assert summary["steps"] == 6 and np.isfinite(summary["train_loss"])
@@ -113,14 +114,16 @@ def test_plain_loop_trains_the_configured_network(cifar_root):
 def test_child_peak_memory_is_the_childs_own(tmp_path):
     # This test process holds torch (hundreds of MB); a child forked from it must not
     # inherit that figure, and a child that touches 200 MB must show it.
-    small = suite.run_child([sys.executable, "-c", "pass"], tmp_path / "small.json")
+    small = suite.run_child([sys.executable, "-c", "pass"], tmp_path / "small.json", tmp_path)
     big = suite.run_child(
-        [sys.executable, "-c", "b = bytearray(200 * 2**20)"], tmp_path / "big.json"
+        [sys.executable, "-c", "b = bytearray(200 * 2**20)"], tmp_path / "big.json", tmp_path
     )
     assert small["peak_rss_mb"] < 60
     assert 190 < big["peak_rss_mb"] - small["peak_rss_mb"] < 260
     with pytest.raises(RuntimeError, match="failed"):
-        suite.run_child([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "x.json")
+        suite.run_child(
+            [sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "x.json", tmp_path
+        )
 
 
 @pytest.mark.slow
@@ -131,7 +134,7 @@ def test_quick_benchmark_writes_every_row(tmp_path, capsys, monkeypatch):
     )
     monkeypatch.setattr(bench_main, "QUICK", tiny)
     output = tmp_path / "bench.json"
-    assert bench_main.main(["--quick", "--output", str(output)]) == 0
+    assert bench_main.main(["--quick", "--output", str(output), "--repo", str(REPO)]) == 0
     results = json.loads(output.read_text())
     names = [row["comparison"] for row in results["rows"]]
     assert names == [
@@ -147,7 +150,7 @@ def test_quick_benchmark_writes_every_row(tmp_path, capsys, monkeypatch):
     # a training run holds more than the bare imports (its data, network, loggers)
     assert startup["peak_rss_mb"] > startup["bare_import_peak_rss_mb"]
     (row,) = results["training"]
-    # each side really ran the measured steps: the fit through Lightning and normlab.run
+    # each side really ran the measured steps: the fit through Lightning and normlab.runner
     assert row["lesson"]["steps"] == row["normlab"]["steps"] == row["plain"]["steps"] == 6
     table = capsys.readouterr().out
     assert "framework overhead, batch 4 (ms/step, median)" in table and "machine: " in table

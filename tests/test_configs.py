@@ -1,81 +1,76 @@
-"""Every config file composes through Hydra and instantiates into a working object."""
+"""Every config file composes through Hydra and instantiates into a working object. Tests are
+parametrized over the files themselves, so a new choice is tested by being added."""
 
 from __future__ import annotations
-
-import itertools
 
 import lightning as L
 import pytest
 import torch
-from conftest import CONF
+from conftest import CONF, config_options
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
-from normlab.optim import build_scheduler
-from normlab.run import build_module, build_network, instantiate_all
-
-
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+from normlab.runner.build import build_module, build_network, build_trainer, instantiate_all
 
 
-def test_config_groups_hold_the_documented_choices():
-    assert options("data") == ["cifar10", "digits", "synthetic"]
-    assert {"cnn", "cnn_bn", "cnn_dropout", "cnn_bn_dropout", "vgg11"} <= set(options("model"))
-    assert options("model/norm") == ["batch", "group", "instance", "layer", "none", "scratch_batch"]
-    assert options("model/dropout") == ["channel", "none", "scratch", "standard"]
-    assert {"default", "cpu", "gpu", "ddp", "ddp_cpu"} <= set(options("trainer"))
+def test_config_groups_hold_at_least_the_documented_choices():
+    """The choices README and DESIGN name; new ones are tested by the tests below."""
+    assert set(config_options("data")) >= {"cifar10", "digits", "synthetic"}
+    assert set(config_options("model")) >= {"cnn", "cnn_bn", "cnn_dropout", "cnn_bn_dropout"}
+    norms = {"none", "batch", "scratch_batch", "group", "layer", "instance"}
+    assert set(config_options("model/norm")) >= norms
+    assert set(config_options("model/dropout")) >= {"none", "standard", "channel", "scratch"}
+    assert set(config_options("trainer")) >= {"default", "cpu", "gpu", "ddp", "ddp_cpu"}
 
 
 def test_default_config_has_the_contract_keys(compose_cfg):
     cfg = compose_cfg()
     for key in ("seed", "data.batch_size", "trainer.max_epochs", "optimizer.lr", "model.dropout.p"):
-        assert cfg_select(cfg, key) is not None, key
-    assert cfg.data._target_.endswith("CIFAR10DataModule") and cfg.model.norm.name == "batch"
+        assert OmegaConf.select(cfg, key) is not None, key
+    for key in ("compile", "channels_last"):  # LightningModule options, outside `model`
+        assert cfg[key] is False and key not in cfg.model
+    assert cfg.data._target_.endswith("CIFAR10DataModule")
+    assert cfg.model.norm._target_ == "torch.nn.BatchNorm2d"
 
 
-def cfg_select(cfg, key):
-    from omegaconf import OmegaConf
+@pytest.mark.parametrize("group", ["model/norm", "model/dropout", "scheduler"])
+def test_every_layer_and_schedule_choice_is_a_partial_target(group):
+    """One construction convention: a `_target_` with `_partial_: true` (or nothing at all)."""
+    for option in config_options(group):
+        node = OmegaConf.load(CONF / group / f"{option}.yaml") or {}
+        assert not node or (node.get("_target_") and node.get("_partial_") is True), option
 
-    return OmegaConf.select(cfg, key)
 
-
-@pytest.mark.parametrize("data", options("data"))
+@pytest.mark.parametrize("data", config_options("data"))
 def test_data_configs_instantiate(compose_cfg, data):
     dm = instantiate(compose_cfg([f"data={data}"]).data)
-    assert isinstance(dm, L.LightningDataModule) and dm.batch_size > 0
+    assert isinstance(dm, L.LightningDataModule) and dm.batch_size > 0 and dm.class_names
 
 
-@pytest.mark.parametrize(
-    ("model", "norm", "dropout"),
-    [
-        *[(m, None, None) for m in options("model")],
-        *itertools.product(["cnn"], options("model/norm"), options("model/dropout")),
-        *[("vgg11_slim", n, "standard") for n in options("model/norm")],
-    ],
-)
-def test_model_configs_build_networks_that_classify_cifar_shaped_batches(
-    compose_cfg, model, norm, dropout
-):
-    overrides = [f"model={model}"]
-    overrides += [f"model/norm={norm}"] if norm else []
-    overrides += [f"model/dropout={dropout}"] if dropout else []
-    cfg = compose_cfg(overrides)
-    net = build_network(cfg.model)
-    assert net(torch.randn(4, 3, 32, 32)).shape == (4, 10)
+@pytest.mark.parametrize("model", config_options("model"))
+def test_model_configs_build_networks_that_classify_cifar_shaped_batches(compose_cfg, model):
+    net = build_network(compose_cfg([f"model={model}"]).model)
+    assert net.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("optimizer", options("optimizer"))
-@pytest.mark.parametrize("scheduler", options("scheduler"))
+@pytest.mark.parametrize("optimizer", config_options("optimizer"))
+@pytest.mark.parametrize("scheduler", config_options("scheduler"))
 def test_optimizer_and_scheduler_configs(compose_cfg, optimizer, scheduler):
     cfg = compose_cfg([f"optimizer={optimizer}", f"scheduler={scheduler}", "model=cnn"])
     module = build_module(cfg, build_network(cfg.model))
     opt = module.optimizer_factory(module.parameters())
     assert opt.param_groups[0]["lr"] == cfg.optimizer.lr
-    sched = build_scheduler(opt, dict(cfg.scheduler), total_steps=100)
-    assert (sched is None) == (scheduler == "none")
+    if module.scheduler_factory is None:
+        assert not cfg.scheduler
+        return
+    schedule = module.scheduler_factory(opt, total_steps=100)
+    for _ in range(99):
+        opt.step()
+        schedule.step()
+    assert schedule.get_last_lr()[0] < cfg.optimizer.lr  # annealed by the end
 
 
-@pytest.mark.parametrize("trainer", options("trainer"))
+@pytest.mark.parametrize("trainer", config_options("trainer"))
 def test_trainer_configs(compose_cfg, tmp_path, trainer):
     cfg = compose_cfg([f"trainer={trainer}"], output_dir=tmp_path)
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
@@ -84,34 +79,25 @@ def test_trainer_configs(compose_cfg, tmp_path, trainer):
     assert isinstance(instantiate(cfg.trainer, logger=False), L.Trainer)
 
 
-@pytest.mark.parametrize("logger", options("logger"))
+@pytest.mark.parametrize("logger", config_options("logger"))
 def test_logger_and_callback_configs(compose_cfg, tmp_path, logger):
     cfg = compose_cfg([f"logger={logger}"], output_dir=tmp_path)
     loggers = instantiate_all(cfg.get("logger"))
-    assert len(loggers) == {"none": 0, "many": 2}.get(logger, 1)
-    callbacks = instantiate_all(cfg.callbacks)
-    assert {type(c).__name__ for c in callbacks} >= {
-        "ModelCheckpoint",
-        "MetricHistory",
-        "TerminalProgressBar",
-    }
+    assert len(loggers) == len(cfg.get("logger") or {})
+    trainer = build_trainer(cfg)
+    names = {type(c).__name__ for c in trainer.callbacks}
+    assert {"ModelCheckpoint", "MetricHistory", "TerminalProgressBar"} <= names
+    assert ("LearningRateMonitor" in names) == bool(loggers)
 
 
-@pytest.mark.parametrize("group", ["experiment", "debug"])
-def test_experiment_and_debug_configs_compose(compose_cfg, group):
-    for option in options(group):
-        cfg = compose_cfg([f"{group}={option}", "data=digits"])
-        build_network(cfg.model)
+@pytest.mark.parametrize(
+    "choice", [f"{g}={o}" for g in ("experiment", "debug") for o in config_options(g)]
+)
+def test_experiment_and_debug_configs_compose(compose_cfg, choice):
+    build_network(compose_cfg([choice, "data=digits"]).model)
 
 
-def test_seed_lesson_is_the_lessons_recipe(compose_cfg):
-    cfg = compose_cfg(["experiment=seed_lesson"])
-    assert cfg.data.batch_size == 4 and cfg.trainer.max_epochs == 10
-    assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (
-        0.001,
-        0.9,
-        0.0,
-    )
-    assert list(cfg.data.mean) == [0.5] * 3 and list(cfg.data.std) == [0.5] * 3
-    assert cfg.data.crop_padding == 0 and not cfg.data.hflip and cfg.scheduler.name == "none"
-    assert compose_cfg(["experiment=seed_lesson", "model=cnn_bn"]).model.norm.name == "batch"
+def test_deeper_models_take_every_norm(compose_cfg):
+    for norm in config_options("model/norm"):
+        cfg = compose_cfg(["model=vgg11_slim", f"model/norm={norm}", "model/dropout=standard"])
+        assert build_network(cfg.model).eval()(torch.randn(1, 3, 32, 32)).shape == (1, 10)

@@ -3,30 +3,32 @@ real CIFAR-10 format."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
-from conftest import write_fake_cifar10
+from torchvision.datasets.utils import calculate_md5
 
+from normlab.bench.cifar_files import write_cifar10
 from normlab.data import BatchTransform, CIFAR10DataModule, DigitsDataModule, TensorBatchLoader
 from normlab.data import cifar10 as cifar10_module
 from normlab.data.batches import random_crop
+from normlab.data.synthetic import make_synthetic
 from normlab.errors import DataError
 
 
 def test_cifar10_reads_the_real_format_into_nchw_uint8(tmp_path):
-    written = write_fake_cifar10(tmp_path, per_batch=40, test_size=60)
+    write_cifar10(tmp_path, train_images=200, test_images=60)
     dm = CIFAR10DataModule(root=str(tmp_path), download=False, verify_checksums=False, val_size=50)
     full_train, test = dm.load()
-    expected_train = np.concatenate([written[f"data_batch_{i}"][0] for i in range(1, 6)])
-    # a CIFAR row is 1024 red, 1024 green, 1024 blue values, each a 32x32 image row-major
-    assert torch.equal(full_train.images, torch.from_numpy(expected_train.reshape(-1, 3, 32, 32)))
-    expected_labels = [y for i in range(1, 6) for y in written[f"data_batch_{i}"][1]]
-    assert full_train.labels.tolist() == expected_labels
-    assert torch.equal(
-        test.images, torch.from_numpy(written["test_batch"][0].reshape(-1, 3, 32, 32))
+    # The writer stores make_synthetic's images as CIFAR rows (1024 red, 1024 green, 1024 blue
+    # values, each a 32x32 image row-major); reading them back must give the same tensors.
+    expected_train, expected_test = (
+        make_synthetic(200, 10, 32, seed=1),
+        make_synthetic(60, 10, 32, seed=2),
     )
+    assert torch.equal(full_train.images, expected_train.images)
+    assert torch.equal(full_train.labels, expected_train.labels)
+    assert torch.equal(test.images, expected_test.images)
     assert full_train.images.dtype == torch.uint8 and len(test) == 60
 
     dm.setup("fit")
@@ -84,17 +86,17 @@ def test_truncated_pickle_gives_a_clear_error_not_a_pickle_traceback(fake_cifar1
 
 
 def test_verified_checksums_are_remembered(tmp_path, monkeypatch):
-    write_fake_cifar10(tmp_path)
+    write_cifar10(tmp_path, train_images=200, test_images=60)
     folder = tmp_path / "cifar-10-batches-py"
     monkeypatch.setattr(
         cifar10_module,
         "CHECKSUMS",
-        {name: cifar10_module._md5(folder / name) for name in cifar10_module.CHECKSUMS},
+        {name: calculate_md5(str(folder / name)) for name in cifar10_module.CHECKSUMS},
     )
     cifar10_module.verify_checksums(folder)
     assert (folder / cifar10_module.STAMP).exists()
     calls = []
-    monkeypatch.setattr(cifar10_module, "_md5", lambda path: calls.append(path) or "")
+    monkeypatch.setattr(cifar10_module, "check_md5", lambda *args: calls.append(args) or False)
     cifar10_module.verify_checksums(folder)  # unchanged files: no hashing
     assert calls == []
     (folder / "test_batch").write_bytes(b"changed")

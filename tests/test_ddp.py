@@ -18,10 +18,11 @@ from helpers.ddp_probe import image_digest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from normlab.config import validate_config
 from normlab.errors import ConfigError
-from normlab.layers import ScratchBatchNorm2d
-from normlab.run import build_network
+from normlab.nn import ScratchBatchNorm2d
+from normlab.runner.build import build_network
+from normlab.runner.checks import check_run
+from normlab.runner.rundir import plan_run
 
 HELPERS = Path(__file__).parent / "helpers"
 
@@ -159,19 +160,21 @@ def test_slurm_launcher_composes_into_a_two_node_four_gpu_job(compose_cfg, tmp_p
     )
     for line in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4"):
         assert f"#SBATCH {line}" in sbatch
-    validate_config(cfg, multirun=True, launcher=params_target(cfg))  # a safe combination
+    check_run(plan_run(cfg, []), multirun=True, launcher=params_target(cfg))  # a safe combination
 
 
 def test_slurm_launcher_needs_a_device_count_and_plain_ddp_refuses_local_sweeps(compose_cfg):
     cfg = compose_cfg(["hydra/launcher=slurm", "trainer=ddp"])  # devices: auto
     with pytest.raises(ConfigError, match="trainer.devices=4"):
-        validate_config(cfg, multirun=True, launcher=params_target(cfg))
+        check_run(plan_run(cfg, []), multirun=True, launcher=params_target(cfg))
     cfg = compose_cfg(["trainer=ddp_cpu"])
     with pytest.raises(ConfigError, match="every process would re-run the whole sweep"):
-        validate_config(cfg, multirun=True, launcher=params_target(cfg))
-    validate_config(cfg, multirun=False, launcher=params_target(cfg))  # a single run is fine
+        check_run(plan_run(cfg, []), multirun=True, launcher=params_target(cfg))
+    check_run(
+        plan_run(cfg, []), multirun=False, launcher=params_target(cfg)
+    )  # a single run is fine
     cfg = compose_cfg(["trainer=ddp_cpu", "trainer.strategy=ddp_spawn"])
-    validate_config(cfg, multirun=True, launcher=params_target(cfg))
+    check_run(plan_run(cfg, []), multirun=True, launcher=params_target(cfg))
 
 
 def params_target(cfg) -> str:

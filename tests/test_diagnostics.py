@@ -23,13 +23,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from normlab.callbacks import NetworkDiagnostics, figures
-from normlab.callbacks.budget import OverheadBudget
-from normlab.callbacks.probes import ValidationProbe, WatchedLayers
-from normlab.layers import ScratchBatchNorm2d
-from normlab.models import SeedCNN
-from normlab.module import ImageClassifier
-from normlab.run import build_network, instantiate_all
+from normlab.diagnostics import NetworkDiagnostics
+from normlab.diagnostics.probes import ValidationProbe, WatchedLayers
+from normlab.nn import ScratchBatchNorm2d, SeedCNN
+from normlab.runner.build import build_network, instantiate_all
+from normlab.runner.rundir import network_weights
+from normlab.training import ImageClassifier
 
 # The seed CNN's layers by module path: the names the README and TensorBoard use.
 NORMS = {"features.0.norm": 6, "features.1.norm": 16}  # batch norms, with their channels
@@ -81,9 +80,7 @@ def saved_config(run_dir):
 def trained_network(run_dir, checkpoint: str) -> nn.Module:
     net = build_network(saved_config(run_dir).model)
     state = torch.load(run_dir / "checkpoints" / checkpoint, weights_only=True)["state_dict"]
-    net.load_state_dict(
-        {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
-    )
+    net.load_state_dict(network_weights(state))
     return net.eval()
 
 
@@ -144,7 +141,7 @@ def test_first_step_statistics_match_pytorch_on_the_same_batch(run, events):
     batch. The logged statistics must be those of that batch, and batch norm's output must be
     normalized (mean 0, std 1 with gamma=1, beta=0 at the first forward pass)."""
     cfg = saved_config(run.run_dir)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)  # as normlab.run.train does
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # as normlab.runner.train does
     net = build_network(cfg.model)
     datamodule = instantiate(cfg.data)
     datamodule.setup()
@@ -206,17 +203,20 @@ def test_validation_pictures_and_accuracies_match_the_last_checkpoint(run, event
     wrong = int((predicted[shown] != labels[shown]).sum())
     assert red_text.any() == (wrong > 0) and green_text.any() == (wrong < 32)
     matrix = Image.open(io.BytesIO(events.images["val/confusion_matrix"][step]))
-    assert matrix.mode == "RGB" and min(matrix.size) > 200
+    assert matrix.mode in ("RGB", "RGBA") and min(matrix.size) > 200
 
 
 @pytest.mark.slow
 def test_model_summary_and_resolved_config_are_printed_and_saved(run):
     net = build_network(saved_config(run.run_dir).model)
     summary = (run.run_dir / "model_summary.txt").read_text()
-    listed = [line.split()[0] for line in summary.splitlines()[1:-1]]  # between header, total
-    assert listed == [name for name, _ in net.named_modules() if name]
-    assert f"{sum(p.numel() for p in net.parameters()):,} parameters" in summary
-    assert "features.0.norm" in run.stdout and "model summary" in run.stdout
+    listed = [line.split()[2] for line in summary.splitlines() if line.split()[:1] != ["|"]
+              and "|" in line and line.split()[0].isdigit()]  # fmt: skip
+    assert [n for n in listed if n.startswith("net.")] == [
+        f"net.{name}" for name, _ in net.named_modules() if name
+    ]
+    assert "Total params" in summary
+    assert "net.features.0.norm" in run.stdout and "model summary" in run.stdout
 
     resolved = yaml.safe_load((run.run_dir / "config_resolved.yaml").read_text())
     expected = OmegaConf.to_container(saved_config(run.run_dir), resolve=True)
@@ -227,7 +227,7 @@ def test_gradient_norm_and_update_ratio_match_one_sgd_step(tmp_path):
     """A real Trainer, one plain SGD step: the logged gradient norms and update ratios equal
     those of the same step taken by hand; also for the from-scratch batch norm."""
     torch.manual_seed(0)
-    net = SeedCNN(norm="scratch_batch")  # no dropout: the step is deterministic
+    net = SeedCNN(norm=ScratchBatchNorm2d)  # no dropout: the step is deterministic
     reference = copy.deepcopy(net)
     images, labels = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
     lr = 0.1
@@ -236,7 +236,7 @@ def test_gradient_norm_and_update_ratio_match_one_sgd_step(tmp_path):
         accelerator="cpu", max_steps=1, limit_val_batches=0, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,
         logger=TensorBoardLogger(tmp_path, name="tb", version=""),
-        callbacks=[NetworkDiagnostics(every_n_steps=1, max_overhead=None)],
+        callbacks=[NetworkDiagnostics(every_n_steps=1)],
     )  # fmt: skip
     trainer.fit(module, DataLoader(TensorDataset(images, labels), batch_size=16))
     events = Events(tmp_path / "tb")
@@ -258,13 +258,25 @@ def test_gradient_norm_and_update_ratio_match_one_sgd_step(tmp_path):
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
 
 
-@pytest.mark.parametrize("bn_type", [nn.BatchNorm2d, ScratchBatchNorm2d])
+class RunningVarianceNorm(nn.Module):
+    """A batch norm of nobody's class list: known to the diagnostics by its running_var."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels)
+        self.register_buffer("running_var", self.bn.running_var)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(x)
+
+
+@pytest.mark.parametrize("bn_type", [nn.BatchNorm2d, ScratchBatchNorm2d, RunningVarianceNorm])
 def test_validation_variance_ratio_uses_the_first_images_of_each_epoch(bn_type):
     bn = bn_type(4)
     bn.running_var.copy_(torch.tensor([0.5, 1.0, 2.0, 4.0]))
     net = nn.Sequential(OrderedDict(norm=bn)).eval()
     layers = WatchedLayers.of(net)
-    assert list(layers.batch_norms) == ["norm"] and list(layers.norms) == ["norm"]
+    assert list(layers.batch_norms)[:1] == ["norm"] and list(layers.norms)[:1] == ["norm"]
     probe = ValidationProbe(layers, max_images=12)
     probe.active = True
     scale = torch.tensor([1.0, 2.0, 3.0, 0.5]).view(1, 4, 1, 1)
@@ -278,47 +290,13 @@ def test_validation_variance_ratio_uses_the_first_images_of_each_epoch(bn_type):
     torch.testing.assert_close(probe.take_var_ratios()["norm"], expected, rtol=1e-5, atol=0)
 
 
-def test_pictures_reach_tensorboard_intact(tmp_path):
-    from torch.utils.tensorboard import SummaryWriter
-
-    image = np.zeros((40, 60, 3), dtype=np.uint8)
-    image[:, :20] = figures.WRONG  # flat colour blocks, like the labels and matrix cells
-    image[:, 20:40] = figures.RIGHT
-    image[:, 40:] = figures.blues(0.8)
-    with SummaryWriter(tmp_path) as writer:
-        figures.add_picture(writer, "val/picture", image, step=7)
-    stored = np.asarray(Image.open(io.BytesIO(Events(tmp_path).images["val/picture"][7])))
-    assert stored.shape == image.shape
-    error = np.abs(stored.astype(int) - image)
-    assert error.mean() < 1.5 and error.max() <= 10  # JPEG: a little ringing at the edges
-
-
-def test_overhead_budget_skips_work_that_would_exceed_its_share():
-    now = [0.0]
-    budget = OverheadBudget(0.05, clock=lambda: now[0])
-    budget.start()
-    assert budget.allows("step")  # nothing spent yet, no cost known
-    budget.begin("step")
-    with budget.timed():
-        now[0] += 1.0  # one second of diagnostics
-    budget.end("step")
-    assert budget.last_cost == {"step": 1.0}
-    now[0] += 30.0  # 30 s of training: 1 s spent + 1 s expected > 5% of 30 s
-    assert not budget.allows("step")
-    assert budget.allows("validation")  # no cost known yet for this kind: 1 s <= 1.5 s
-    now[0] += 10.0  # 40 s of training: 1 s + 1 s <= 5% of 40 s
-    assert budget.allows("step") and budget.skipped == 1
-    assert OverheadBudget(None).allows("step")
-
-
 def test_diagnostics_are_on_by_default_and_can_be_tuned_or_switched_off(compose_cfg):
     def diagnostics(overrides):
         callbacks = instantiate_all(compose_cfg(overrides).callbacks)
         return [c for c in callbacks if isinstance(c, NetworkDiagnostics)]
 
     (default,) = diagnostics([])
-    assert default.every_n_steps == 50 and default.validation
-    assert default.budget.fraction == 0.05
+    assert default.every_n_steps == 50 and default.every_n_epochs == 1
     (tuned,) = diagnostics(["callbacks.diagnostics.every_n_steps=7"])
     assert tuned.every_n_steps == 7
     assert diagnostics(["callbacks/diagnostics=none"]) == []

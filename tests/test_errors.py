@@ -1,6 +1,6 @@
 """Every bad input through the real `train.py`: exit code 1, one message naming the key and
 the fix, no traceback, no results.json that claims "completed", nothing already written
-lost. Validation runs before data is read, so most cases take about a second; they run side
+lost. The checks run before data is read, so most cases take about a second; they run side
 by side in one module fixture.
 """
 
@@ -18,14 +18,14 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import CONF, REPO, write_fake_cifar10
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from conftest import REPO, compose_config, config_options
 from omegaconf import OmegaConf
 
-from normlab.config import validate_config
+from normlab.bench.cifar_files import write_cifar10
 from normlab.data import BatchTransform, TensorBatchLoader
-from normlab.run import build_module, build_network
+from normlab.runner import checks
+from normlab.runner.build import build_module, build_network
+from normlab.runner.rundir import plan_run
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,12 @@ CASES = [
     Case("misspelled data key", "data.batchsize=4", ("did you mean data.batch_size?",)),
     Case("misspelled key added with +", "+trainer.max_epoch=3",
          ("trainer.max_epoch is not a setting of trainer", "did you mean trainer.max_epochs?")),
+    Case("misspelled norm option", "model=cnn_bn model.norm.momentm=0.2",
+         ("did you mean model.norm.momentum?",)),
+    Case("misspelled norm option added with +",
+         "model=cnn model/norm=group +model.norm.num_group=3",
+         ("model.norm.num_group is not a setting of model.norm (normlab.nn.GroupNorm)",
+          "did you mean model.norm.num_groups?")),
     Case("dropout above 1", "model.dropout.p=1.5", ("model.dropout.p", "between 0 and 1")),
     Case("negative dropout", "model.dropout.p=-0.1", ("model.dropout.p", "between 0 and 1")),
     Case("zero batch size", "data.batch_size=0",
@@ -56,6 +62,14 @@ CASES = [
          ("trainer.max_epochs=0: must be a positive integer",)),
     Case("groups not dividing channels", "model=cnn model/norm=group model.norm.num_groups=4",
          ("model.norm.num_groups=4 does not divide the 6 channels",)),
+    Case("zero groups", "model=cnn model/norm=group model.norm.num_groups=0",
+         ("model.norm.num_groups=0 must be a positive number of groups",)),
+    Case("a norm class that does not take a channel count",
+         "model=cnn model/norm=group model.norm._target_=torch.nn.GroupNorm",
+         ("the network (normlab.nn.SeedCNN) cannot be built",
+          "model.norm._target_=torch.nn.GroupNorm")),
+    Case("unknown dropout placement", "model.dropout.placement=sideways",
+         ("model.dropout.placement='sideways': choose one of",)),
     Case("unwritable log folder", "paths.log_dir={file}/logs",
          ("cannot create the run directory", "is a file, not a folder", "paths.log_dir")),
     Case("unwritable data folder", "data=cifar10 data.root={file}/cifar",
@@ -64,13 +78,15 @@ CASES = [
          "data=cifar10 data.root={corrupt} data.download=false data.verify_checksums=false",
          ("CIFAR-10 files in", "could not be read", "corrupt"), writes_failed_run=True),
     Case("checkpoint of another architecture", "ckpt_path={cnn_checkpoint}",
-         ("was saved by a different architecture (SeedCNN with norm=none, dropout=none)",
+         ("was saved by a different architecture (SeedCNN with norm=Identity, dropout=Identity)",
           "it lacks 10 of this network's tensors (features.0.norm.weight,")),
     Case("checkpoint carrying pickled code", "ckpt_path={pickled_checkpoint}",
          ("refused to load", "pickled Python objects (test_errors.Payload)", "weights_only=True")),
     Case("missing checkpoint file", "ckpt_path={missing}/last.ckpt", ("no such file",)),
+    Case("empty checkpoint file", "ckpt_path={empty_checkpoint}",
+         ("not a readable PyTorch checkpoint",)),
     Case("ckpt_path=last in a new run", "ckpt_path=last", ("resume=<its run dir>",)),
-    Case("run directory that does not exist", "resume={missing}", ("no such run directory",)),
+    Case("run directory that does not exist", "resume={missing}", ("no such directory",)),
     Case("resume with overrides that change the run", "resume={saved_run} optimizer.lr=1",
          ("optimizer.lr=1 would change it",)),
     Case("plain DDP inside a sweep", "-m trainer=ddp_cpu seed=0,1",
@@ -80,14 +96,6 @@ CASES = [
 
 class Payload:
     """Stands for any object whose unpickling would run code."""
-
-
-def compose_config(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    GlobalHydra.instance().clear()
-    return cfg
 
 
 def write_lightning_checkpoint(path: Path, model: str) -> dict:
@@ -120,11 +128,12 @@ def outcomes(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("errors")
     (root / "file").write_text("a file where a folder is expected\n")
     corrupt = root / "corrupt"
-    write_fake_cifar10(corrupt)
+    write_cifar10(corrupt, train_images=200, test_images=60)
     batch = corrupt / "cifar-10-batches-py" / "data_batch_1"
     batch.write_bytes(batch.read_bytes()[:500])  # truncated mid-pickle
     checkpoint = write_lightning_checkpoint(root / "cnn.ckpt", "cnn")
     torch.save({**checkpoint, "payload": Payload()}, root / "pickled.ckpt")
+    (root / "empty.ckpt").write_bytes(b"")
     saved_run = root / "saved_run"
     (saved_run / ".hydra").mkdir(parents=True)
     OmegaConf.save(compose_config(["data=digits"]), saved_run / ".hydra" / "config.yaml")
@@ -134,6 +143,7 @@ def outcomes(tmp_path_factory) -> dict:
         "corrupt": corrupt,
         "cnn_checkpoint": root / "cnn.ckpt",
         "pickled_checkpoint": root / "pickled.ckpt",
+        "empty_checkpoint": root / "empty.ckpt",
         "missing": root / "missing",
         "saved_run": saved_run,
     }
@@ -185,6 +195,7 @@ def test_bad_input_exits_with_one_clear_message(outcomes, case):
         assert not (case_dir / "logs").exists(), "a run directory was created"
 
 
+@pytest.mark.slow
 def test_nothing_already_written_is_lost(outcomes):
     saved_run, before = outcomes["saved_run"]
     assert tree_digest(saved_run) == before
@@ -193,13 +204,28 @@ def test_nothing_already_written_is_lost(outcomes):
 
 GROUPS = ("data", "model", "model/norm", "model/dropout", "optimizer", "scheduler", "trainer")
 SHIPPED = [
-    f"{group}={path.stem}"
-    for group in (*GROUPS, "logger", "debug", "experiment")
-    for path in sorted((CONF / group).glob("*.yaml"))
+    f"{g}={o}" for g in (*GROUPS, "logger", "debug", "experiment") for o in config_options(g)
 ]
 
 
 @pytest.mark.parametrize("choice", SHIPPED)
-def test_every_shipped_config_passes_validation(compose_cfg, choice):
+def test_every_shipped_config_passes_the_checks(compose_cfg, choice):
     """The checks reject mistakes, not the template's own options."""
-    validate_config(compose_cfg([choice]))
+    checks.check_run(plan_run(compose_cfg([choice]), []))
+
+
+def test_an_unexpected_exception_in_the_checks_stops_the_run(compose_cfg, monkeypatch, capsys):
+    """Fail closed: Hydra would turn an exception in a callback into a warning and start the
+    run; the preflight exits with one paragraph instead, before the run directory exists."""
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(checks, "check_run", broken)
+    cfg = compose_cfg(["data=digits"])
+    with pytest.raises(SystemExit) as stop:
+        checks.Preflight().on_run_start(cfg)
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert "the checks before the run failed with ZeroDivisionError: division by zero" in err
+    assert "Nothing was started or written" in err

@@ -20,9 +20,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from normlab.errors import ConfigError
-from normlab.evaluate import evaluate
-from normlab.predict import main as predict_main
-from normlab.run import build_network
+from normlab.runner.build import build_network
+from normlab.runner.evaluate import evaluate
+from normlab.runner.predict import main as predict_main
+from normlab.runner.rundir import network_weights
 
 TEST_IMAGES = 360  # the digits test split
 
@@ -42,13 +43,11 @@ def eval_config(*overrides: str):
 
 
 def trained(run_dir, checkpoint: str):
-    """(config, network with the checkpoint's weights), loaded without normlab.evaluate."""
+    """(config, network with the checkpoint's weights), loaded without normlab.runner.evaluate."""
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     net = build_network(cfg.model)
     state = torch.load(run_dir / "checkpoints" / checkpoint, weights_only=True)["state_dict"]
-    net.load_state_dict(
-        {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
-    )
+    net.load_state_dict(network_weights(state))
     return cfg, net.eval()
 
 
@@ -92,6 +91,7 @@ def test_eval_of_the_last_checkpoint_matches_a_plain_forward_pass(run):
     assert result["checkpoint"] == "checkpoints/last.ckpt" and result["recorded_test_acc"] is None
 
 
+@pytest.mark.slow
 def test_missing_run_directory_is_a_clear_error_that_creates_nothing(tmp_path):
     missing = tmp_path / "no-such-run"
     proc = run_cli("eval.py", f"run={missing}", cwd=tmp_path)
@@ -156,6 +156,7 @@ def test_predict_classifies_image_files_of_any_size(run, tmp_path):
     assert printed[3][0][0] == printed[4][0][0] == printed[5][0][0]
 
 
+@pytest.mark.slow
 def test_predict_rejects_unreadable_files_and_missing_runs(run, tmp_path, capsys):
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("hello")

@@ -12,7 +12,7 @@ import yaml
 from conftest import CONF, REPO, run_cli
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from normlab.run import build_network
+from normlab.runner.build import build_network
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
@@ -29,7 +29,7 @@ def sweep_params(name: str) -> dict[str, list[str]]:
 
 
 def test_the_issue_s_experiments_are_all_packaged():
-    assert set(EXPERIMENTS) == {
+    assert set(EXPERIMENTS) >= {
         "seed_lesson", "norm_dropout_grid", "bn_learning_rate", "bn_batch_size",
         "dropout_overfitting", "dropout_before_bn",
     }  # fmt: skip
@@ -79,7 +79,7 @@ def test_epochs_stay_overridable_on_the_command_line(compose_cfg):
 def test_seed_lesson_keeps_the_lessons_recipe(compose_cfg):
     cfg = compose_cfg(["experiment=seed_lesson"])
     assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.001, 0.9, 0)
-    assert cfg.data.batch_size == 4 and cfg.scheduler.name == "none"
+    assert cfg.data.batch_size == 4 and not cfg.scheduler  # constant learning rate
     assert sweep_params("seed_lesson")["model"] == [
         "cnn",
         "cnn_bn",

@@ -10,25 +10,28 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import compose_config, config_options
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from normlab.callbacks import MetricHistory, TerminalProgressBar
 from normlab.data import BatchTransform, SyntheticDataModule, TensorBatchLoader
-from normlab.models import SeedCNN
-from normlab.module import ImageClassifier
+from normlab.runner.build import build_network
+from normlab.training import ImageClassifier, MetricHistory, TerminalProgressBar
 
-NORMS = ["none", "batch", "scratch_batch", "group", "layer", "instance"]
+NORMS = config_options("model/norm")
 DROPOUTS = {
-    "none": {"name": "none"},
-    "standard": {"name": "standard", "p": 0.5},
-    "channel": {"name": "channel", "p": 0.2, "placement": "conv"},
-    "scratch": {"name": "scratch", "p": 0.5, "placement": "all"},
+    "none": [],
+    "standard": [],
+    "channel": ["model.dropout.p=0.2"],
+    "scratch": ["model.dropout.placement=all"],
 }
 
 
-def network(norm: str, dropout: str, seed: int = 0) -> SeedCNN:
+def network(norm: str, dropout: str, seed: int = 0) -> torch.nn.Module:
+    """The lesson's CNN with a configured norm and dropout, built as train.py builds it."""
+    overrides = ["model=cnn", f"model/norm={norm}", f"model/dropout={dropout}", *DROPOUTS[dropout]]
+    cfg = compose_config(overrides)
     torch.manual_seed(seed)
-    return SeedCNN(norm={"name": norm}, dropout=DROPOUTS[dropout])
+    return build_network(cfg.model)
 
 
 def classifier(net: torch.nn.Module, **kwargs) -> ImageClassifier:
@@ -128,7 +131,7 @@ def test_compiled_network_matches_eager_and_saves_plain_names(norm, dropout):
 def test_scratch_batchnorm_cumulative_average_compiles_without_graph_breaks():
     # momentum=None used float(num_batches_tracked): a host sync per step on a GPU, and under
     # torch.compile a graph break plus a recompile for every new batch count.
-    from normlab.layers import ScratchBatchNorm2d
+    from normlab.nn import ScratchBatchNorm2d
 
     torch._dynamo.reset()
     layer = ScratchBatchNorm2d(4, momentum=None)

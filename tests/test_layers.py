@@ -1,4 +1,5 @@
-"""The from-scratch layers against torch.nn as the oracle."""
+"""The from-scratch layers against torch.nn as the oracle, and the contract every configured
+norm and dropout meets (parametrized over conf/model/norm and conf/model/dropout)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import inspect
 
 import pytest
 import torch
+from conftest import config_options
 from torch import nn
 
-from normlab.layers import ScratchBatchNorm2d, ScratchDropout, batchnorm, make_dropout, make_norm2d
+from normlab.nn import GroupNorm, ScratchBatchNorm2d, ScratchDropout, SeedCNN, batchnorm
+from normlab.runner.build import build_network
 
 BN_SETTINGS = [
     {},
@@ -184,59 +187,67 @@ def test_scratch_dropout_rejects_bad_probability(p):
         ScratchDropout(p)
 
 
-# --- factories ---------------------------------------------------------------------------
+# --- every configured norm and dropout: the contract a network relies on -----------------
 
 
-@pytest.mark.parametrize(
-    ("spec", "expected"),
-    [
-        ("none", nn.Identity),
-        ({"name": "batch", "momentum": None}, nn.BatchNorm2d),
-        ("scratch_batch", ScratchBatchNorm2d),
-        ({"name": "group", "num_groups": 2}, nn.GroupNorm),
-        ("layer", nn.GroupNorm),
-        ("instance", nn.InstanceNorm2d),
-    ],
-)
-def test_every_norm_choice_builds_and_normalizes(spec, expected):
-    layer = make_norm2d(spec, 6)
-    assert type(layer) is expected
-    y = layer(torch.randn(4, 6, 5, 5) * 5 + 3)
-    if expected is not nn.Identity:
-        assert y.mean().abs() < 0.1 and (y.std() - 1).abs() < 0.1
+def network_with(compose_cfg, choice: str) -> tuple[nn.Module, object]:
+    cfg = compose_cfg(["model=cnn", choice])
+    torch.manual_seed(0)
+    return build_network(cfg.model), cfg
 
 
-def test_layer_norm_choice_normalizes_each_sample_over_all_its_maps():
+def train_one_step(net: nn.Module) -> None:
+    images, labels = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    nn.functional.cross_entropy(net.train()(images), labels).backward()
+    optimizer.step()
+
+
+@pytest.mark.parametrize("norm", config_options("model/norm"))
+def test_every_norm_trains_round_trips_its_state_and_evaluates_one_image(compose_cfg, norm):
+    net, cfg = network_with(compose_cfg, f"model/norm={norm}")
+    train_one_step(net)
+    fresh = build_network(cfg.model)
+    fresh.load_state_dict(net.state_dict())  # strict: same names, same shapes
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        batch = net.eval()(images)
+        torch.testing.assert_close(fresh.eval()(images), batch)
+        single = net(images[:1])  # evaluation must not depend on the rest of the batch
+    assert torch.isfinite(single).all()
+    torch.testing.assert_close(single, batch[:1], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dropout", config_options("model/dropout"))
+def test_every_dropout_trains_and_is_the_identity_in_evaluation(compose_cfg, dropout):
+    net, cfg = network_with(compose_cfg, f"model/dropout={dropout}")
+    train_one_step(net)
+    fresh = build_network(cfg.model)
+    fresh.load_state_dict(net.state_dict())
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(images), net.eval()(images))
+    placement = cfg.model.dropout.placement
+    slots = [name for name, _ in net.named_modules() if name.endswith(".dropout")]
+    assert all(s.startswith("head." if placement == "head" else "features.") for s in slots)
+
+
+def test_group_norm_takes_the_channel_count_first_and_names_indivisible_groups():
     x = torch.randn(3, 6, 4, 4) * torch.tensor([1.0, 5.0, 20.0]).view(3, 1, 1, 1)
-    y = make_norm2d("layer", 6)(x)
-    expected = nn.functional.layer_norm(x, x.shape[1:])
-    torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        GroupNorm(6, num_groups=1)(x),
+        nn.functional.layer_norm(x, x.shape[1:]),
+        atol=1e-5,
+        rtol=1e-4,
+    )
+    with pytest.raises(ValueError, match="num_groups=4 does not divide the 6 channels"):
+        GroupNorm(6, num_groups=4)
+    with pytest.raises(ValueError, match="num_groups=0 must be a positive number"):
+        GroupNorm(6, num_groups=0)
 
 
-def test_group_norm_with_indivisible_groups_names_the_key():
-    with pytest.raises(ValueError, match="model.norm.num_groups=4 does not divide the 6 channels"):
-        make_norm2d({"name": "group", "num_groups": 4}, 6)
-
-
-def test_unknown_choices_are_rejected_with_the_options():
-    with pytest.raises(ValueError, match="model.norm.name='batchnorm'.*'scratch_batch'"):
-        make_norm2d("batchnorm", 4)
-    with pytest.raises(ValueError, match="model.dropout.p"):
-        make_dropout({"name": "standard", "p": 2.0})
+def test_channel_dropout_is_refused_in_the_fully_connected_head():
     with pytest.raises(ValueError, match="placement=conv"):
-        make_dropout({"name": "channel", "p": 0.1, "placement": "head"})
-
-
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        ("none", nn.Identity),
-        ("standard", nn.Dropout),
-        ("channel", nn.Dropout2d),
-        ("scratch", ScratchDropout),
-    ],
-)
-def test_every_dropout_choice_builds(name, expected):
-    placement = "conv" if name == "channel" else "head"
-    layer = make_dropout({"name": name, "p": 0.3, "placement": placement})
-    assert type(layer) is expected
+        SeedCNN(dropout=nn.Dropout2d, dropout_placement="head")
+    with pytest.raises(ValueError, match="placement='sideways'"):
+        SeedCNN(dropout_placement="sideways")

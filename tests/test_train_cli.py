@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import run_train, write_fake_cifar10
+from conftest import run_train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from normlab.bench.cifar_files import write_cifar10
+
+pytestmark = pytest.mark.slow  # real training processes
 
 RESULT_FIELDS = {
     "status", "val_acc_best", "val_acc_final", "test_acc", "train_acc_final",
@@ -61,7 +65,7 @@ def test_digits_run_writes_results_checkpoints_and_tensorboard(tmp_path):
 
 
 def test_cifar10_run_on_generated_files_in_the_real_format(tmp_path):
-    write_fake_cifar10(tmp_path / "cifar", per_batch=40, test_size=60)
+    write_cifar10(tmp_path / "cifar", train_images=200, test_images=60)
     run_dir = tmp_path / "run"
     proc, results = run_train(
         "data=cifar10", f"data.root={tmp_path / 'cifar'}", "data.verify_checksums=false",
@@ -92,7 +96,6 @@ def test_missing_cifar10_offline_prints_the_way_out_without_a_traceback(tmp_path
     assert results["status"] == "failed" and "CIFAR-10 was not found" in results["error"]
 
 
-@pytest.mark.slow
 def test_batch_norm_learns_digits_at_the_lessons_learning_rate(tmp_path):
     """The lesson's recipe (SGD lr 0.001, momentum 0.9, batch 4) with BN: >= 0.85 in 3 epochs."""
     proc, results = run_train(

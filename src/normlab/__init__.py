@@ -1,4 +1,8 @@
-"""normlab: batch normalization and dropout, studied with PyTorch Lightning and Hydra."""
+"""normlab: batch normalization and dropout, studied with PyTorch Lightning and Hydra.
+
+Importing normlab registers the resolvers the configs use, so Hydra can resolve them wherever
+normlab is imported: train.py, eval.py, tests, and the joblib launcher's worker processes.
+"""
 
 import os
 
@@ -6,14 +10,15 @@ from omegaconf import OmegaConf
 
 __version__ = "0.1.0"
 
-# `${pid:}` keeps run directories apart when two runs start in the same second. Registered on
-# import so Hydra can resolve it wherever normlab is imported: the main process and the
-# joblib launcher's workers (which reuse the main process's cached value, so a sweep keeps
-# one directory).
-if not OmegaConf.has_resolver("pid"):
-    OmegaConf.register_new_resolver("pid", lambda: os.getpid(), use_cache=True)
-
-# `${run_dir:...}` and `${config_subdir:...}`: where `resume=<run dir>` runs (conf/hydra).
-from normlab.resume import register_resolvers
-
-register_resolvers()
+_RESOLVERS = {
+    # `${pid:}` keeps run directories apart when two runs start in the same second; cached, so
+    # the joblib launcher's workers reuse the main process's value and a sweep keeps one folder.
+    "pid": (lambda: os.getpid(), True),
+    # `hydra.run.dir`: a resumed run's own directory (`resume=<run dir>`), or a new one.
+    "run_dir": (lambda resume, new_dir: str(resume) if resume else new_dir, False),
+    # `hydra.output_subdir`: a resumed run keeps the `.hydra/` it was started with.
+    "config_subdir": (lambda resume: None if resume else ".hydra", False),
+}
+for _name, (_resolver, _cached) in _RESOLVERS.items():
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolver, use_cache=_cached)

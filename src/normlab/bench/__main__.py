@@ -18,6 +18,7 @@ from normlab.bench.report import build_rows, format_table, machine, to_json
 from normlab.bench.suite import (
     QUICK,
     Sizes,
+    checked_repo,
     compare_loaders,
     compare_training,
     measure_startup_and_memory,
@@ -38,7 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         "busy with other work, 1 avoids threads spinning while they wait for each other",
     )
     parser.add_argument("--repeats", type=int, default=None, help="alternating runs per side")
+    parser.add_argument(
+        "--repo", type=Path, default=Path("."), help="repository root (conf/, train.py)"
+    )
     args = parser.parse_args(argv)
+    repo = checked_repo(args.repo)
     sizes = QUICK if args.quick else Sizes()
     if args.repeats:
         sizes = dataclasses.replace(sizes, repeats=args.repeats)
@@ -50,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         data_root = write_cifar10(workdir / "data", sizes.train_images, sizes.test_images)
         results = {"machine": machine()}
         for name, measure in (
-            ("loader", lambda: compare_loaders(data_root, sizes)),
-            ("training", lambda: compare_training(data_root, sizes, workdir)),
-            ("startup", lambda: measure_startup_and_memory(data_root, sizes, workdir)),
+            ("loader", lambda: compare_loaders(data_root, sizes, repo)),
+            ("training", lambda: compare_training(data_root, sizes, workdir, repo)),
+            ("startup", lambda: measure_startup_and_memory(data_root, sizes, workdir, repo)),
         ):
             print(f"measuring {name} ...", file=sys.stderr, flush=True)
             results[name] = measure()

@@ -30,14 +30,13 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from normlab.bench.lesson import lesson_loaders, loader_throughput, train_and_validate
 from normlab.bench.probes import PhaseClock, epoch_seconds
-from normlab.optim import build_scheduler
-from normlab.run import build_network, train
+from normlab.runner.build import build_network
+from normlab.runner.train import train
 
-REPO = Path(__file__).resolve().parents[3]
 BARE_IMPORT = "import torch, lightning, hydra"
 # The bare import, reporting when it is done as FirstStepProbe reports the first step: timed
 # to the end of the process it would also count the interpreter's exit (~0.3 s with torch).
@@ -85,13 +84,25 @@ QUICK = Sizes(
 # --- normlab's side, composed from the real configs -------------------------------------
 
 
-def compose_config(overrides: Sequence[str]) -> DictConfig:
+def checked_repo(path: Path) -> Path:
+    """The repository whose `conf/` and `train.py` are measured (given, not guessed from where
+    this package is installed)."""
+    repo = Path(path).resolve()
+    if not (repo / "conf" / "train.yaml").is_file() or not (repo / "train.py").is_file():
+        raise SystemExit(
+            f"error: {repo} holds no conf/train.yaml and train.py: run the benchmark from the "
+            "repository root (make bench), or pass --repo <repository root>."
+        )
+    return repo
+
+
+def compose_config(repo: Path, overrides: Sequence[str]) -> DictConfig:
     """`conf/train.yaml` with overrides, as `python train.py <overrides>` would compose it."""
-    import normlab  # noqa: F401 - registers the ${pid:} resolver
+    import normlab  # noqa: F401 - registers the resolvers the configs use
 
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(repo / "conf"), version_base="1.3"):
             return compose("train", overrides=list(overrides))
     finally:
         GlobalHydra.instance().clear()
@@ -124,9 +135,9 @@ def fit_overrides(data_root: Path, batch_size: int, out_dir: Path, sizes: Sizes)
         f"paths.output_dir={out_dir}",
         "trainer.max_epochs=1",
         "trainer.num_sanity_val_steps=0",
-        # The network diagnostics are a research instrument with their own budget (at most
-        # 5% of training, measured by `python -m normlab.bench_diagnostics`); off here so the
-        # rows measure the training machinery itself.
+        # The network diagnostics are a research instrument with their own cost (measured by
+        # `python -m normlab.bench.diagnostics`); off here so the rows measure the training
+        # machinery itself.
         "callbacks/diagnostics=none",
         f"+trainer.limit_train_batches={sizes.train_steps[batch_size]}",
         f"+trainer.limit_val_batches={eval_batches}",
@@ -150,7 +161,7 @@ def quiet() -> Iterator[None]:
 
 
 def normlab_fit(cfg: DictConfig, warmup: int, clock_path: Path) -> dict[str, Any]:
-    """`normlab.run.train` on `cfg` with an `EpochClock` added to its callbacks."""
+    """`normlab.runner.train` on `cfg` with an `EpochClock` added to its callbacks."""
     with open_dict(cfg):
         cfg.callbacks.bench_clock = {
             "_target_": "normlab.bench.probes.EpochClock",
@@ -177,8 +188,9 @@ def plain_loop(cfg: DictConfig, steps: int, warmup: int) -> dict[str, Any]:
     datamodule.train_set = datamodule.train_set.to(device)
     loader = datamodule.train_dataloader()
     optimizer = instantiate(cfg.optimizer)(net.parameters())
-    schedule = OmegaConf.to_container(cfg.scheduler, resolve=True)
-    scheduler = build_scheduler(optimizer, schedule, min(steps, len(loader)))
+    scheduler = None
+    if cfg.scheduler:
+        scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=min(steps, len(loader)))
     clock = PhaseClock(warmup)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
@@ -210,13 +222,13 @@ def best(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
     return min(runs, key=lambda run: run[key])
 
 
-def compare_loaders(data_root: Path, sizes: Sizes) -> list[dict[str, Any]]:
+def compare_loaders(data_root: Path, sizes: Sizes, repo: Path) -> list[dict[str, Any]]:
     """Images per second out of each pipeline at each batch size: normlab's training batches
     (random crop, flip and normalization included) against the lesson's `ToTensor` +
     `Normalize` per image in 2 worker processes (no augmentation)."""
     rows = []
     for batch_size in sizes.batch_sizes:
-        cfg = compose_config(data_overrides(data_root, batch_size, sizes))
+        cfg = compose_config(repo, data_overrides(data_root, batch_size, sizes))
         datamodule = instantiate(cfg.data)
         datamodule.setup("fit")
         ours, lesson = [], []
@@ -238,7 +250,9 @@ def compare_loaders(data_root: Path, sizes: Sizes) -> list[dict[str, Any]]:
     return rows
 
 
-def compare_training(data_root: Path, sizes: Sizes, workdir: Path) -> list[dict[str, Any]]:
+def compare_training(
+    data_root: Path, sizes: Sizes, workdir: Path, repo: Path
+) -> list[dict[str, Any]]:
     """Per batch size: a training epoch of the lesson's loop and pipeline, of normlab's fit,
     and of a plain loop over normlab's loader; epochs extrapolated from the measured part."""
     rows = []
@@ -247,7 +261,7 @@ def compare_training(data_root: Path, sizes: Sizes, workdir: Path) -> list[dict[
         lesson_runs, fit_runs, plain_runs = [], [], []
         for repeat in range(sizes.repeats):
             out_dir = workdir / f"fit_b{batch_size}_{repeat}"
-            cfg = compose_config(fit_overrides(data_root, batch_size, out_dir, sizes))
+            cfg = compose_config(repo, fit_overrides(data_root, batch_size, out_dir, sizes))
             lesson_runs.append(lesson_epoch(cfg, data_root, batch_size, sizes, workdir))
             fit_runs.append(normlab_fit(cfg, warmup, workdir / f"clock_b{batch_size}_{repeat}"))
             plain_runs.append(plain_loop(cfg, steps, warmup))
@@ -302,7 +316,9 @@ def lesson_epoch(
     return clock.summary()
 
 
-def measure_startup_and_memory(data_root: Path, sizes: Sizes, workdir: Path) -> dict[str, Any]:
+def measure_startup_and_memory(
+    data_root: Path, sizes: Sizes, workdir: Path, repo: Path
+) -> dict[str, Any]:
     """Seconds from `python train.py` to its first training step, beside a bare
     `import torch, lightning, hydra`, each in a fresh process; and the peak resident memory
     of that run: CIFAR-10-sized data (50k/10k), a short epoch, validation and test."""
@@ -310,7 +326,7 @@ def measure_startup_and_memory(data_root: Path, sizes: Sizes, workdir: Path) -> 
     for repeat in range(sizes.repeats):
         probe = workdir / f"import_done_{repeat}"
         command = [sys.executable, "-c", BARE_IMPORT_PROBE, str(probe)]
-        child = run_child(command, workdir / f"bare_{repeat}.json")
+        child = run_child(command, workdir / f"bare_{repeat}.json", repo)
         done = json.loads(probe.read_text())
         bare.append(done["time"] - child["started"])
         bare_cpu.append(done["cpu_s"])
@@ -318,7 +334,7 @@ def measure_startup_and_memory(data_root: Path, sizes: Sizes, workdir: Path) -> 
         probe = workdir / f"first_step_{repeat}"
         command = [
             sys.executable,
-            str(REPO / "train.py"),
+            str(repo / "train.py"),
             *data_overrides(data_root, 128, sizes),
             f"hydra.run.dir={workdir / f'startup_run_{repeat}'}",
             "trainer.max_epochs=1",
@@ -326,7 +342,7 @@ def measure_startup_and_memory(data_root: Path, sizes: Sizes, workdir: Path) -> 
             "+callbacks.bench_first_step._target_=normlab.bench.probes.FirstStepProbe",
             f"+callbacks.bench_first_step.path={probe}",
         ]
-        child = run_child(command, workdir / f"train_{repeat}.json")
+        child = run_child(command, workdir / f"train_{repeat}.json", repo)
         first_step = json.loads(probe.read_text())
         startup.append(first_step["time"] - child["started"])
         startup_cpu.append(first_step["cpu_s"])
@@ -359,13 +375,13 @@ open(sys.argv[1], "w").write(json.dumps(report))
 """
 
 
-def run_child(command: list[str], report: Path) -> dict[str, Any]:
-    """Run `command` to completion in REPO: its start time (`time.time()`), wall seconds, CPU
+def run_child(command: list[str], report: Path, cwd: Path) -> dict[str, Any]:
+    """Run `command` to completion in `cwd`: its start time (`time.time()`), wall seconds, CPU
     seconds and peak resident memory in MB (Linux reports ru_maxrss in kilobytes)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(
         [sys.executable, "-c", LAUNCHER, str(report), *command],
-        cwd=REPO,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,

@@ -8,7 +8,6 @@ the first time and remembered in a stamp file, so later start-ups skip the 170 M
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import pickle
 import socket
@@ -17,6 +16,7 @@ from typing import ClassVar
 
 import torch
 from torchvision.datasets import CIFAR10
+from torchvision.datasets.utils import check_md5
 
 from normlab.data.base import ImageSplit, InMemoryDataModule
 from normlab.errors import DataError
@@ -43,14 +43,6 @@ class _CIFAR10Files(CIFAR10):
     meta: ClassVar[dict] = {**CIFAR10.meta, "md5": None}
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _fingerprint(folder: Path) -> dict[str, list[int]]:
     return {
         name: [(folder / name).stat().st_size, (folder / name).stat().st_mtime_ns]
@@ -69,7 +61,7 @@ def verify_checksums(folder: Path) -> None:
         except (OSError, ValueError):
             pass
     for name, expected in CHECKSUMS.items():
-        if _md5(folder / name) != expected:
+        if not check_md5(str(folder / name), expected):
             raise DataError(
                 f"CIFAR-10 file {folder / name} is corrupt (its md5 checksum does not match "
                 f"torchvision's). Delete the folder {folder} and run again to re-download, or "

@@ -18,7 +18,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from normlab.report import Config, Sweep, mean_std
+from normlab.files import atomic_open
+from normlab.report.sweep import Config, Sweep, mean_std
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -70,9 +71,8 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _save(fig: Figure, out_dir: Path, name: str) -> str:
-    tmp = out_dir / f".{name}.tmp.png"
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(out_dir / name)
+    with atomic_open(out_dir / name, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
     return name
 
 

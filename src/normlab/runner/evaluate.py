@@ -20,56 +20,25 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue
 
-from normlab.callbacks.progress import TerminalProgressBar
 from normlab.errors import ConfigError
-from normlab.quiet import quiet_lightning
-from normlab.resume import CONFIG as SAVED_CONFIG
-from normlab.resume import check_architecture, load_checkpoint
-from normlab.run import build_module, build_network, write_json
+from normlab.files import write_json
+from normlab.runner.build import build_module, build_network
+from normlab.runner.checks import network_error
+from normlab.runner.cli import quiet_lightning
+from normlab.runner.rundir import (
+    CHECKPOINTS,
+    check_architecture,
+    checkpoint_path,
+    load_checkpoint,
+    saved_config,
+)
+from normlab.training import TerminalProgressBar
 
 log = logging.getLogger("normlab")
 
-CHECKPOINTS = {"best": "checkpoints/best.ckpt", "last": "checkpoints/last.ckpt"}
 # Keys of conf/eval.yaml itself; every other override is meant for the run's config.
 EVAL_KEYS = ("run", "which")
 _ABSENT = object()
-
-
-def load_run_config(run_dir: Path) -> DictConfig:
-    """The config a run trained with, its output directory pinned to the run itself."""
-    if not run_dir.is_dir():
-        raise ConfigError(
-            f"run={run_dir}: no such directory. Pass the directory of a finished training run, "
-            "the one holding results.json, checkpoints/ and .hydra/ "
-            "(e.g. run=logs/runs/2026-01-31_12-00-00_1234)."
-        )
-    path = run_dir / SAVED_CONFIG
-    if not path.is_file():
-        raise ConfigError(
-            f"run={run_dir}: {path} is missing, so this is not a normlab run directory "
-            "(train.py saves the config of every run there). For a sweep, pass one job's "
-            "directory, e.g. logs/multiruns/<time>/0."
-        )
-    cfg = OmegaConf.load(path)
-    with open_dict(cfg):
-        # Saved as ${hydra:runtime.output_dir}, which would now name another directory.
-        cfg.paths.output_dir = str(run_dir)
-    return cfg
-
-
-def checkpoint_path(run_dir: Path, which: str) -> Path:
-    if which not in CHECKPOINTS:
-        raise ConfigError(f"which={which!r}: choose which=best or which=last.")
-    path = run_dir / CHECKPOINTS[which]
-    if not path.is_file():
-        found = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
-        raise ConfigError(
-            f"run={run_dir}: no {which} checkpoint at {path} "
-            f"({'found ' + ', '.join(found) if found else 'no checkpoints at all'}). "
-            "A run writes checkpoints/best.ckpt and last.ckpt once it has finished an epoch; "
-            + ("try which=last." if "last.ckpt" in found else "train it (longer) first.")
-        )
-    return path
 
 
 def apply_overrides(saved: DictConfig, composed: DictConfig, overrides: Sequence[str]) -> None:
@@ -118,11 +87,14 @@ def evaluate(eval_cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, A
             "e.g. run=logs/runs/2026-01-31_12-00-00_1234 (add which=last for the last epoch)."
         ) from None
     which = str(eval_cfg.get("which", "best"))
-    cfg = load_run_config(run_dir)
+    cfg = saved_config(run_dir, "run")
     ckpt = checkpoint_path(run_dir, which)
     apply_overrides(cfg, eval_cfg, overrides)
     L.seed_everything(cfg.seed, verbose=False)
-    net = build_network(cfg.model)
+    try:
+        net = build_network(cfg.model)
+    except Exception as err:
+        raise network_error(cfg.model, err) from None
     # Plain weights only (weights_only=True), and a clear message when model overrides
     # describe a network the checkpoint's weights do not fit.
     checkpoint = load_checkpoint(ckpt, key="checkpoint")
@@ -141,7 +113,7 @@ def evaluate(eval_cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, A
     result: dict[str, Any] = {
         "run": str(run_dir),
         "which": which,
-        "checkpoint": CHECKPOINTS[which],
+        "checkpoint": str(CHECKPOINTS[which]),
         "test_acc": metrics.get("test/acc"),
         "test_loss": metrics.get("test/loss"),
         "test_batches": int(sum(trainer.num_test_batches)),

@@ -1,39 +1,107 @@
-"""Check a composed config before anything is built or any data is read.
+"""Every check a run gets before it starts, in one place.
 
-Every mistake a user can type gets one message that names the key and the fix, instead of a
-traceback from deep inside Lightning or PyTorch minutes into a run. Checks that need no heavy
-imports run first, so the commonest mistakes fail in well under a second.
+Each mistake a user can type gets one message that names the key and the fix, instead of a
+traceback from deep inside Lightning or PyTorch minutes into a run. `check_run` is the whole
+of it: values, keys (with did-you-mean), DDP inside sweeps, the network the config describes
+(constructed on the meta device: real widths, no memory, no weights) and the checkpoint it
+would start from. No data is read.
+
+A single run is checked by the `Preflight` Hydra callback, before Hydra creates its directory,
+so a mistake leaves nothing behind; any exception there stops the run (fail closed). A job of
+a sweep is checked by `normlab.runner.train`, because swept values exist only once the job is
+composed; its failure is recorded in the job's results.json and the sweep goes on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import numbers
 import os
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
-from normlab.errors import ConfigError
+from normlab.errors import ConfigError, NormlabError
+from normlab.runner.build import build_network, network_spec
+from normlab.runner.rundir import (
+    RunPlan,
+    check_architecture,
+    launcher_target,
+    load_checkpoint,
+    plan_run,
+)
 
 # Keys Hydra's instantiate reads itself.
 INSTANTIATE_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
-# Keys of `model` that configure the LightningModule or the layer factories, not the network.
-MODEL_EXTRA_KEYS = {"compile", "channels_last", "norm", "dropout"}
+# Keys the runner reads itself instead of passing them to the node's target.
+RUNNER_KEYS = {"model.dropout": {"placement"}}
 
 
-def validate_config(cfg: DictConfig, multirun: bool = False, launcher: str = "") -> None:
-    """Raise ConfigError for the first value or key in `cfg` that cannot work.
+def check_run(plan: RunPlan, multirun: bool = False, launcher: str = "") -> nn.Module:
+    """Raise ConfigError for the first thing in the planned run that cannot work.
 
     `multirun` and `launcher` (Hydra's launcher `_target_`) describe how the run was started,
-    for the checks on DDP inside sweeps.
+    for the checks on DDP inside sweeps. Returns the network on the meta device.
     """
+    cfg = plan.config
     check_values(cfg)
     check_distributed(cfg, multirun, launcher)
     check_keys(cfg)
+    net = check_network(cfg.model)
+    if plan.checkpoint is not None:
+        checkpoint = load_checkpoint(plan.checkpoint, plan.checkpoint_key)
+        check_architecture(checkpoint, net, plan.checkpoint, plan.checkpoint_key)
+    return net
+
+
+def check_network(model_cfg: DictConfig) -> nn.Module:
+    """Construct the network on the meta device; ConfigError naming the setting if it fails."""
+    try:
+        return build_network(model_cfg, device="meta")
+    except Exception as err:
+        raise network_error(model_cfg, err) from None
+
+
+def network_error(model_cfg: DictConfig, err: Exception) -> ConfigError:
+    """One paragraph for an exception raised while building the network of `model_cfg`.
+
+    Hydra wraps the error of a target in its own; the innermost one is the layer's. A message
+    that starts with one of a node's options (`num_groups=4 does not divide ...`) gets that
+    node's path in front; any other lists the settings that went into the network.
+    """
+    while err.__cause__ is not None:
+        err = err.__cause__
+    if isinstance(err, NormlabError):
+        return ConfigError(str(err))
+    message = str(err)
+    spec = network_spec(model_cfg)
+    nodes = {"model.norm": spec.get("norm"), "model.dropout": spec.get("dropout"), "model": spec}
+    if isinstance(nodes["model.dropout"], dict):
+        nodes["model.dropout"] = {**nodes["model.dropout"], "placement": None}
+    for path, node in nodes.items():
+        for key in node if isinstance(node, dict) else ():
+            if message.startswith(f"{key}="):
+                return ConfigError(f"{path}.{message}")
+    settings = [
+        f"{path}.{key}={value}"
+        for path in ("model.norm", "model.dropout")
+        for key, value in (OmegaConf.select(model_cfg, path.removeprefix("model.")) or {}).items()
+        if key not in INSTANTIATE_KEYS or key == "_target_"
+    ]
+    return ConfigError(
+        f"model: the network ({spec.get('_target_')}) cannot be built: "
+        f"{type(err).__name__}: {message}. Its norm and dropout settings: "
+        f"{', '.join(settings)}; `python train.py --cfg job` prints every setting."
+    )
 
 
 def check_values(cfg: DictConfig) -> None:
@@ -91,10 +159,10 @@ def check_distributed(cfg: DictConfig, multirun: bool, launcher: str) -> None:
 def check_keys(cfg: DictConfig) -> None:
     """Every key of a `_target_` node must be a parameter of its target (did-you-mean)."""
     nodes: list[tuple[str, Any]] = [
-        ("data", cfg.get("data")),
-        ("trainer", cfg.get("trainer")),
-        ("optimizer", cfg.get("optimizer")),
-        ("model", cfg.get("model")),
+        (key, cfg.get(key)) for key in ("data", "trainer", "optimizer", "scheduler", "model")
+    ]
+    nodes += [
+        (f"model.{key}", OmegaConf.select(cfg, f"model.{key}")) for key in ("norm", "dropout")
     ]
     for group in ("callbacks", "logger"):
         for name, node in (cfg.get(group) or {}).items():
@@ -105,7 +173,7 @@ def check_keys(cfg: DictConfig) -> None:
         accepted = accepted_parameters(path, node["_target_"])
         if accepted is None:
             continue  # the target takes arbitrary keyword arguments
-        ignored = INSTANTIATE_KEYS | (MODEL_EXTRA_KEYS if path == "model" else set())
+        ignored = INSTANTIATE_KEYS | RUNNER_KEYS.get(path, set())
         for key in node:
             if key not in accepted and key not in ignored:
                 raise ConfigError(unknown_key_message(f"{path}.{key}", accepted, node["_target_"]))
@@ -237,3 +305,59 @@ def blocker(path: Path) -> str:
                 return f"{candidate} is not writable"
             return ""
     return ""
+
+
+# --- the Hydra callback -------------------------------------------------------------------
+
+
+class Preflight(Callback):
+    """Runs the checks before Hydra creates anything (see conf/hydra/default.yaml)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        with exit_before_the_run():
+            plan = plan_run(config, list(config.hydra.overrides.task))
+            check_paths(config.hydra.run.dir, OmegaConf.select(plan.config, "data.root"))
+            check_run(plan, launcher=launcher_target(config.hydra))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        with exit_before_the_run():
+            if config.get("resume"):
+                raise ConfigError(
+                    "resume= continues one run: drop --multirun and resume each interrupted job "
+                    "on its own, e.g. python train.py resume=logs/multiruns/<sweep>/<job>."
+                )
+            check_paths(config.hydra.sweep.dir, None)
+            check_distributed(config, multirun=True, launcher=launcher_target(config.hydra))
+
+
+def checked_by_preflight() -> bool:
+    """Whether this process is a single run that `Preflight` checked before it started."""
+    if not HydraConfig.initialized():
+        return False
+    hydra_cfg = HydraConfig.get()
+    targets = {
+        str(node.get("_target_", "")) for node in (hydra_cfg.get("callbacks") or {}).values()
+    }
+    return hydra_cfg.mode == RunMode.RUN and f"{__name__}.Preflight" in targets
+
+
+@contextlib.contextmanager
+def exit_before_the_run() -> Iterator[None]:
+    """Any exception in the checks stops the run with one paragraph and exit code 1.
+
+    Hydra would turn an exception raised in a callback into a warning and start the run
+    anyway; a check that cannot finish must not let the run start.
+    """
+    try:
+        yield
+    except NormlabError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as err:
+        print(
+            f"error: the checks before the run failed with {type(err).__name__}: {err}. "
+            "Nothing was started or written. Look at the setting this concerns "
+            "(`python train.py --cfg job` prints every setting).",
+            file=sys.stderr,
+        )
+        sys.exit(1)

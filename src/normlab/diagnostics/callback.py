@@ -11,21 +11,17 @@ Every `every_n_steps` optimizer steps one training step is instrumented (step 0 
     bn_var_ratio/<bn>/train                     running var / this batch's var (channel mean)
     bn/<bn>/gamma|beta|running_mean|running_var|var_ratio_train   histograms
 
-At the end of every validation epoch:
+At the end of every `every_n_epochs`-th validation epoch:
 
     val/predictions, val/confusion_matrix       images
     val_class_acc/<class>                       per-class accuracy
     bn_var_ratio/<bn>/val, bn/<bn>/var_ratio_val  running var / variance of validation inputs
                                                 (the variance shift of dropout before BN)
 
-Layers are named by module path (`features.0.norm`, `head.1.act`).
-
-Cost: the hooks return at once on other steps, a step's statistics reach the host in one
-transfer, the pictures are drawn with Pillow in milliseconds. And a time budget
-(`max_overhead`, 5% by default) bounds the total: where an epoch lasts a fraction of a second
-(tiny datasets, fast GPUs) instrumented steps and pictures are skipped rather than letting the
-diagnostics slow training down (the first validation epoch is always drawn).
-README.md gives the measured overhead.
+Layers are named by module path (`features.0.norm`, `head.1.act`). The hooks return at once on
+other steps and a step's statistics reach the host in one transfer; README.md gives the
+measured cost. The confusion matrix and per-class accuracy are torchmetrics objects, so under
+DDP they cover every process's share of the validation set.
 """
 
 from __future__ import annotations
@@ -36,12 +32,12 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from normlab.callbacks import figures
-from normlab.callbacks.budget import OverheadBudget
-from normlab.callbacks.probes import (
+from normlab.diagnostics.figures import prediction_grid, to_uint8_images
+from normlab.diagnostics.probes import (
     TrainingProbe,
     ValidationProbe,
     WatchedLayers,
@@ -50,6 +46,9 @@ from normlab.callbacks.probes import (
     update_ratios,
 )
 
+# The largest bucket edge of torch.utils.tensorboard's default histogram bins.
+HISTOGRAM_LIMIT = 1e20
+
 
 class NetworkDiagnostics(L.Callback):
     """Layer statistics, batch-norm state and validation pictures in TensorBoard.
@@ -57,35 +56,22 @@ class NetworkDiagnostics(L.Callback):
     Args:
         every_n_steps: instrument one training step in this many (0 = no training-step
             diagnostics).
-        validation: draw the prediction grid and confusion matrix, and log per-class accuracy
-            and the validation variance ratio, at the end of each validation epoch.
+        every_n_epochs: draw the prediction grid and confusion matrix, and log per-class
+            accuracy and the validation variance ratio, after every this many validation
+            epochs, the first included (0 = never).
         num_images: validation images in the prediction grid (the first ones of the
             validation set, the same every epoch).
-        max_overhead: the most time the diagnostics may take, as a fraction of the rest of
-            training; work beyond it is skipped (and counted in a note at the end of fit).
-            None: never skip.
-
-    Attributes:
-        budget: the time budget; `budget.spent` is the seconds the diagnostics took so far.
     """
 
-    def __init__(
-        self,
-        every_n_steps: int = 50,
-        validation: bool = True,
-        num_images: int = 32,
-        max_overhead: float | None = 0.05,
-    ) -> None:
-        if every_n_steps < 0:
-            raise ValueError(
-                f"callbacks.diagnostics.every_n_steps={every_n_steps}: use a positive interval, "
-                "or 0 to switch the training-step diagnostics off."
-            )
+    def __init__(self, every_n_steps: int = 50, every_n_epochs: int = 1, num_images: int = 32):
+        for key, value in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
+            if value < 0:
+                raise ValueError(f"{key}={value}: use a positive interval, or 0 for never.")
         self.every_n_steps = every_n_steps
-        self.validation = validation
+        self.every_n_epochs = every_n_epochs
         self.num_images = num_images
-        self.budget = OverheadBudget(max_overhead)
-        self._writer = None
+        self._writer = None  # rank zero's SummaryWriter; None elsewhere
+        self._enabled = False
         self._layers: WatchedLayers | None = None
         self._train_probe: TrainingProbe | None = None
         self._val_probe: ValidationProbe | None = None
@@ -94,36 +80,32 @@ class NetworkDiagnostics(L.Callback):
         self._weights_before: dict[str, list[torch.Tensor]] = {}
         self._grad_norms: dict[str, torch.Tensor] = {}
         self._val_hook = None
-        self._validations_drawn = 0
         self._logits: torch.Tensor | None = None
-        self._confusion: torch.Tensor | None = None
+        self._confusion: MulticlassConfusionMatrix | None = None
+        self._class_acc: MulticlassAccuracy | None = None
         self._sample: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     # --- set-up ----------------------------------------------------------------------------
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return  # only rank zero writes event files
-        self._writer = tensorboard_writer(trainer)
-        if self._writer is None:
+        # Decided alike on every process: the validation metrics synchronize across them.
+        self._enabled = any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers)
+        if not self._enabled:
             rank_zero_warn(
                 "callbacks.diagnostics needs a TensorBoard logger (logger=tensorboard or "
                 "logger=many); no diagnostics will be written."
             )
             return
+        if not trainer.is_global_zero:
+            return  # only rank zero measures layers and writes event files
+        self._writer = next(
+            lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)
+        )
         self._layers = WatchedLayers.of(network(pl_module))
         self._train_probe = TrainingProbe(self._layers)
         self._val_probe = ValidationProbe(self._layers)
-        self.budget.start()
-        self._validations_drawn = 0
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.budget.skipped:
-            rank_zero_info(
-                f"diagnostics: skipped {self.budget.skipped} instrumented steps or validation "
-                f"pictures to stay within {self.budget.fraction:.0%} of training time "
-                "(callbacks.diagnostics.max_overhead=null keeps them all)."
-            )
         self._remove_hooks()
 
     def on_exception(
@@ -150,18 +132,13 @@ class NetworkDiagnostics(L.Callback):
         # With gradient accumulation several batches share a step: instrument the first.
         if self._train_probe is None or not due or step == self._last_step:
             return
-        self._last_step = step
-        if self.budget.allows("step"):
-            self.budget.begin("step")
-            self._step = step
-            self._train_probe.active = True
+        self._last_step = self._step = step
+        self._train_probe.active = True
 
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        if self._step < 0:
-            return
-        with self.budget.timed():
+        if self._step >= 0:
             self._grad_norms = dict(gradient_norms(self._layers))
             self._weights_before = snapshot(self._layers)
 
@@ -171,30 +148,31 @@ class NetworkDiagnostics(L.Callback):
         if self._step < 0:
             return
         self._train_probe.active = False
-        self.budget.charge(self._train_probe.take_busy_s())
-        with self.budget.timed():
-            scalars, var_ratios = self._train_probe.take()
-            scalars.update({f"grad_norm/{k}": v for k, v in self._grad_norms.items()})
-            ratios = update_ratios(self._layers, self._weights_before)
-            scalars.update({f"update_ratio/{k}": v for k, v in ratios})
-            histograms = batch_norm_state(self._layers.batch_norms)
-            histograms.update({f"bn/{k}/var_ratio_train": v for k, v in var_ratios.items()})
-            self._write(scalars, histograms, self._step)
-        self.budget.end("step")
+        scalars, var_ratios = self._train_probe.take()
+        scalars.update({f"grad_norm/{k}": v for k, v in self._grad_norms.items()})
+        ratios = update_ratios(self._layers, self._weights_before)
+        scalars.update({f"update_ratio/{k}": v for k, v in ratios})
+        histograms = batch_norm_state(self._layers.batch_norms)
+        histograms.update({f"bn/{k}/var_ratio_train": v for k, v in var_ratios.items()})
+        self._write(scalars, histograms, self._step)
         self._step, self._grad_norms, self._weights_before = -1, {}, {}
 
     # --- validation epochs ------------------------------------------------------------------
 
+    def _drawing(self, trainer: L.Trainer) -> bool:
+        return (
+            self._enabled
+            and self.every_n_epochs > 0
+            and not trainer.sanity_checking
+            and trainer.current_epoch % self.every_n_epochs == 0
+        )
+
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._val_probe is None or not self.validation or trainer.sanity_checking:
+        if not self._drawing(trainer):
             return
-        # The first validation epoch is always drawn: even the shortest run shows pictures.
-        if self._validations_drawn > 0 and not self.budget.allows("validation"):
-            return
-        self.budget.begin("validation")
-        self._validations_drawn += 1
-        self._val_probe.active = True
-        self._confusion, self._sample = None, None
+        if self._val_probe is not None:
+            self._val_probe.active = True
+        self._sample = None
         self._val_hook = pl_module.register_forward_hook(self._keep_logits)
 
     def _keep_logits(self, module: nn.Module, inputs: tuple, output: object) -> None:
@@ -215,57 +193,59 @@ class NetworkDiagnostics(L.Callback):
     ) -> None:
         if self._val_hook is None or self._logits is None:
             return
-        with self.budget.timed():
-            self._count_predictions(batch)
-
-    def _count_predictions(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         images, labels = batch
-        predicted = self._logits.argmax(dim=1)
-        k = self._logits.size(1)
-        # Counted on the device: no host transfer until the epoch ends.
-        counts = torch.bincount(labels * k + predicted, minlength=k * k).view(k, k)
-        self._confusion = counts if self._confusion is None else self._confusion + counts
+        logits, self._logits = self._logits, None
+        if self._confusion is None:
+            k = logits.size(1)
+            # No per-batch input checks: they would read the labels back to the host.
+            self._confusion = MulticlassConfusionMatrix(k, validate_args=False)
+            self._class_acc = MulticlassAccuracy(k, average=None, validate_args=False)
+        for metric in (self._confusion, self._class_acc):
+            metric.to(logits.device).update(logits, labels)
         if self._sample is None:
             n = self.num_images
-            self._sample = (images[:n].detach(), labels[:n], predicted[:n])
-        self._logits = None
+            self._sample = (images[:n].detach(), labels[:n], logits[:n].argmax(dim=1))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._val_hook is None:
             return
         self._val_hook.remove()
         self._val_hook = None
-        self._val_probe.active = False
-        self.budget.charge(self._val_probe.take_busy_s())
-        with self.budget.timed():
-            self._write_validation(trainer)
-        self.budget.end("validation")
-
-    def _write_validation(self, trainer: L.Trainer) -> None:
-        var_ratios = self._val_probe.take_var_ratios()
+        if self._val_probe is not None:
+            self._val_probe.active = False
         if self._confusion is None:
             return
+        # compute() on every process: it gathers their counts (DDP).
+        counts = self._confusion.compute().cpu()
+        per_class = self._class_acc.compute().cpu()
+        self._confusion.reset()
+        self._class_acc.reset()
+        if self._writer is not None:
+            self._write_validation(trainer, counts, per_class)
+
+    def _write_validation(
+        self, trainer: L.Trainer, counts: torch.Tensor, per_class: torch.Tensor
+    ) -> None:
         step = trainer.global_step
-        counts = self._confusion.cpu().numpy()
-        names = class_names(trainer, counts.shape[0])
-        per_class = counts.diagonal() / np.maximum(counts.sum(axis=1), 1)
+        var_ratios = self._val_probe.take_var_ratios()
         scalars = {f"bn_var_ratio/{k}/val": v.mean() for k, v in var_ratios.items()}
         histograms = {f"bn/{k}/var_ratio_val": v for k, v in var_ratios.items()}
         self._write(scalars, histograms, step)
-        for name, accuracy in zip(names, per_class, strict=True):
-            self._writer.add_scalar(f"val_class_acc/{name}", float(accuracy), step)
-        accuracy = counts.trace() / max(counts.sum(), 1)
-        title = f"epoch {trainer.current_epoch}: validation accuracy {accuracy:.3f}"
-        matrix = figures.confusion_matrix_image(counts, names, title)
-        figures.add_picture(self._writer, "val/confusion_matrix", matrix, step)
+        names = class_names(trainer, counts.size(0))
+        for name, accuracy in zip(names, per_class.tolist(), strict=True):
+            self._writer.add_scalar(f"val_class_acc/{name}", accuracy, step)
+        accuracy = counts.trace().item() / max(counts.sum().item(), 1)
+        figure, axes = self._confusion.plot(counts, labels=names)
+        axes.set_title(f"epoch {trainer.current_epoch}: validation accuracy {accuracy:.3f}")
+        self._writer.add_figure("val/confusion_matrix", figure, step, close=True)
         images, labels, predicted = self._sample
         mean, std = normalization(trainer)
-        grid = figures.prediction_grid(
-            figures.to_uint8_images(images, mean, std),
+        grid = prediction_grid(
+            to_uint8_images(images, mean, std),
             [names[i] for i in labels.tolist()],
             [names[i] for i in predicted.tolist()],
         )
-        figures.add_picture(self._writer, "val/predictions", grid, step)
+        self._writer.add_image("val/predictions", grid, step, dataformats="HWC")
 
     # --- output -----------------------------------------------------------------------------
 
@@ -277,14 +257,11 @@ class NetworkDiagnostics(L.Callback):
             self._writer.add_scalar(tag, float(values[tag][0]), step)
         for tag in histograms:
             # A diverging run (the one most worth inspecting) has NaN, inf or astronomically
-            # large statistics, which TensorBoard's default buckets (|v| < 1e20) cannot hold:
-            # add_histogram would raise. Its scalars above still show the explosion.
+            # large statistics, which TensorBoard's default buckets cannot hold: add_histogram
+            # would raise. Its scalars above still show the explosion.
             binnable = values[tag][np.abs(values[tag]) < HISTOGRAM_LIMIT]
             if binnable.size:
                 self._writer.add_histogram(tag, binnable, step)
-
-
-HISTOGRAM_LIMIT = 1e20  # the largest bucket edge of torch.utils.tensorboard's default bins
 
 
 def network(pl_module: L.LightningModule) -> nn.Module:
@@ -293,23 +270,17 @@ def network(pl_module: L.LightningModule) -> nn.Module:
     return net if isinstance(net, nn.Module) else pl_module
 
 
-def tensorboard_writer(trainer: L.Trainer):
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger.experiment
-    return None
-
-
 def batch_norm_state(batch_norms: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
     state = {}
     for name, bn in batch_norms.items():
-        for label, tensor in (
-            ("gamma", bn.weight),
-            ("beta", bn.bias),
-            ("running_mean", bn.running_mean),
-            ("running_var", bn.running_var),
+        for label, attribute in (
+            ("gamma", "weight"),
+            ("beta", "bias"),
+            ("running_mean", "running_mean"),
+            ("running_var", "running_var"),
         ):
-            if tensor is not None:
+            tensor = getattr(bn, attribute, None)
+            if isinstance(tensor, torch.Tensor):
                 state[f"bn/{name}/{label}"] = tensor.detach()
     return state
 

@@ -1,8 +1,8 @@
 """The LightningModule: cross-entropy training of any `nn.Module` classifier.
 
 It owns the loss, the metrics and the optimizer; the network, the optimizer factory and the
-schedule are handed in (by `normlab.run` from the Hydra config), so this file knows nothing of
-Hydra and the networks know nothing of Lightning.
+schedule are handed in (by `normlab.runner` from the Hydra config), so this file knows nothing
+of Hydra and the networks know nothing of Lightning.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from normlab.optim import build_scheduler
-
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+# Called as schedule(optimizer, total_steps=...); see normlab.training.schedules.
+ScheduleFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
 
 class ImageClassifier(L.LightningModule):
@@ -34,7 +34,8 @@ class ImageClassifier(L.LightningModule):
     Args:
         net: the classifier network, mapping [B, C, H, W] images to [B, classes] logits.
         optimizer: called with the parameters; e.g. `functools.partial(torch.optim.SGD, lr=0.1)`.
-        scheduler: a `conf/scheduler` spec (`{"name": "cosine"}`), or None.
+        scheduler: called with the optimizer and `total_steps`, e.g.
+            `functools.partial(normlab.training.schedules.cosine, min_lr=0.0)`; None = constant.
         num_classes: number of classes, for the accuracy metrics.
         compile: compile the network with `torch.compile` in place (`nn.Module.compile`, so
             parameter names carry no `_orig_mod.` and checkpoints load into an uncompiled
@@ -49,7 +50,7 @@ class ImageClassifier(L.LightningModule):
         self,
         net: nn.Module,
         optimizer: OptimizerFactory,
-        scheduler: Mapping[str, Any] | None = None,
+        scheduler: ScheduleFactory | None = None,
         num_classes: int = 10,
         compile: bool | Mapping[str, Any] = False,
         channels_last: bool = False,
@@ -58,7 +59,7 @@ class ImageClassifier(L.LightningModule):
         super().__init__()
         self.net = net
         self.optimizer_factory = optimizer
-        self.scheduler_spec = dict(scheduler) if scheduler else None
+        self.scheduler_factory = scheduler
         self.channels_last = channels_last
         if hparams:
             # Plain containers only: torch.load(weights_only=True) must be able to read them.
@@ -102,8 +103,8 @@ class ImageClassifier(L.LightningModule):
 
         Lightning computes a logged `Metric` object when the epoch ends (synchronized across
         processes) and then resets it; the steps only `update()` it. Logging the object on
-        every step, the usual idiom, costs ~0.5 ms of Lightning bookkeeping per call: at batch
-        size 4 on a CPU that was a third of the step (see `python -m normlab.bench`).
+        every step, the usual idiom, adds Lightning bookkeeping to every step, which dominated
+        small-batch CPU steps (README, "Performance").
         """
         for name in ("loss", "acc"):
             metric = getattr(self, f"{stage}_{name}")
@@ -137,11 +138,10 @@ class ImageClassifier(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(self.parameters())
-        scheduler = build_scheduler(
-            optimizer, self.scheduler_spec, self.trainer.estimated_stepping_batches
-        )
-        if scheduler is None:
+        if self.scheduler_factory is None:
             return {"optimizer": optimizer}
+        steps = self.trainer.estimated_stepping_batches
+        scheduler = self.scheduler_factory(optimizer, total_steps=steps)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

@@ -5,27 +5,28 @@ the names `print(net)` shows. The hooks are registered once and return at once u
 probe is switched on, so an uninstrumented step pays only a Python function call per watched
 layer. Every statistic stays a tensor on the training device until the caller collects them
 all in one host transfer.
+
+Layers are recognised by where they sit and what they hold, not by a list of classes, so a
+norm of your own is watched like torch's: the `norm` slot of a block is a normalization layer,
+and a layer with a `running_var` buffer is a batch norm (its evaluation uses those statistics).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from normlab.layers.batchnorm import ScratchBatchNorm2d
-
-# nn's _NormBase covers BatchNorm*, SyncBatchNorm and InstanceNorm*.
-NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, ScratchBatchNorm2d)
-BATCH_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, ScratchBatchNorm2d)
+# torch's own normalization layers, for networks not built from normlab's blocks (_NormBase
+# covers BatchNorm*, SyncBatchNorm and InstanceNorm*).
+TORCH_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 def is_batch_norm(module: nn.Module) -> bool:
-    """A batch norm that keeps running statistics (the ones evaluation uses)."""
-    return isinstance(module, BATCH_NORM_TYPES) and module.running_var is not None
+    """A layer that keeps running statistics of its input variance (the ones evaluation uses)."""
+    return isinstance(getattr(module, "running_var", None), torch.Tensor)
 
 
 @dataclass
@@ -46,7 +47,7 @@ class WatchedLayers:
         for name, module in net.named_modules():
             if not name:
                 continue
-            if isinstance(module, NORM_TYPES) or name.rsplit(".", 1)[-1] == "norm":
+            if isinstance(module, TORCH_NORMS) or is_batch_norm(module) or name.endswith("norm"):
                 layers.norms[name] = module
             if is_batch_norm(module):
                 layers.batch_norms[name] = module
@@ -65,29 +66,17 @@ def channel_variance(x: torch.Tensor) -> torch.Tensor:
 
 
 class Probe:
-    """Forward hooks that measure while `active` and keep count of the time they took."""
+    """Forward hooks that measure only while `active`."""
 
     def __init__(self) -> None:
         self.active = False
-        self.busy_s = 0.0
         self._handles: list = []
 
-    def _timed(self, hook: Callable) -> Callable:
-        """Wrap a hook: return at once unless active, else run it and add up its time."""
+    def _when_active(self, hook: Callable) -> Callable:
+        def gated_hook(*args):
+            return hook(*args) if self.active else None
 
-        def timed_hook(*args):
-            if not self.active:
-                return None
-            began = time.perf_counter()
-            result = hook(*args)
-            self.busy_s += time.perf_counter() - began
-            return result
-
-        return timed_hook
-
-    def take_busy_s(self) -> float:
-        busy, self.busy_s = self.busy_s, 0.0
-        return busy
+        return gated_hook
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -114,7 +103,7 @@ class TrainingProbe(Probe):
             self._handles.append(module.register_forward_hook(self._relu_hook(name)))
 
     def _norm_hook(self, name: str):
-        @self._timed
+        @self._when_active
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             if not module.training:
                 return
@@ -131,7 +120,7 @@ class TrainingProbe(Probe):
         return hook
 
     def _bn_pre_hook(self, name: str):
-        @self._timed
+        @self._when_active
         def hook(module: nn.Module, inputs: tuple) -> None:
             if module.training:
                 # The forward pass updates running_var in place; keep the value it replaces.
@@ -140,7 +129,7 @@ class TrainingProbe(Probe):
         return hook
 
     def _relu_hook(self, name: str):
-        @self._timed
+        @self._when_active
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             if module.training:
                 self.scalars[f"relu_zero_fraction/{name}"] = (output.detach() == 0).float().mean()
@@ -159,8 +148,7 @@ class ValidationProbe(Probe):
     of a validation epoch (evaluation mode: dropout off, running statistics in use; the same
     images every epoch). Its ratio to the running variance is the variance shift: far from 1
     when dropout feeds a batch norm (Li et al. 2019). 256 images give each channel tens of
-    thousands of values; the variance of a whole validation set took longer than drawing the
-    pictures.
+    thousands of values, without paying for the variance of a whole validation set.
     """
 
     def __init__(self, layers: WatchedLayers, max_images: int = 256) -> None:
@@ -174,7 +162,7 @@ class ValidationProbe(Probe):
         ]
 
     def _hook(self, name: str):
-        @self._timed
+        @self._when_active
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             if not module.training and name not in self.variances:
                 self.variances[name] = channel_variance(inputs[0][: self.max_images])

@@ -1,0 +1,31 @@
+"""Sweep report: every job's `results.json` -> `summary.csv`, `summary.md` and PNG plots.
+
+    python -m normlab.report logs/multiruns/<date>_<time>_<pid>
+
+Reads results files only (no torch, no Lightning). Written at the end of a multirun, after a
+failed job (`normlab.runner.sweep`), and whenever this command is run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from normlab.files import atomic_open
+from normlab.report.plots import write_plots
+from normlab.report.sweep import Sweep, load_sweep
+from normlab.report.tables import markdown, write_csv
+
+__all__ = ["Sweep", "load_sweep", "write_report"]
+
+
+def write_report(sweep_dir: Path | str, plots: bool = True) -> Path:
+    """Write summary.csv, summary.md and (with `plots`) the PNGs; return summary.md's path."""
+    sweep = load_sweep(Path(sweep_dir))
+    write_csv(sweep, sweep.path / "summary.csv")
+    written: list[str] = []
+    if plots:
+        written = write_plots(sweep, sweep.path)
+    md_path = sweep.path / "summary.md"
+    with atomic_open(md_path) as f:
+        f.write(markdown(sweep, written))
+    return md_path

@@ -1,0 +1,34 @@
+"""`python -m normlab.report <sweep dir>`: write the sweep report again, e.g. for a sweep
+that was stopped, or after deleting jobs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from normlab.errors import NormlabError
+from normlab.report import write_report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m normlab.report",
+        description="Write summary.csv, summary.md and plots for a Hydra multirun directory.",
+    )
+    parser.add_argument("sweep_dir", type=Path, help="e.g. logs/multiruns/<date>_<time>_<pid>")
+    parser.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib)")
+    args = parser.parse_args(argv)
+    try:
+        path = write_report(args.sweep_dir, plots=not args.no_plots)
+    except NormlabError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(path.read_text())
+    print(f"report written to {path.parent}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The report's tables: `summary.csv` (one row per job) and `summary.md` (per configuration,
+per epoch, and the jobs that did not complete)."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from normlab.files import atomic_open
+from normlab.report.sweep import Job, Sweep, mean_std
+
+# Per-configuration aggregates in summary.md: (column title, per-job value).
+AGGREGATES = (
+    ("best val acc", "val_acc_best"),
+    ("final val acc", "val_acc_final"),
+    ("test acc", "test_acc"),
+    ("train − val gap", "train_val_gap"),
+)
+# summary.csv puts these results.json keys first, then any others it finds.
+FIRST_COLUMNS = (
+    "val_acc_best", "val_acc_final", "test_acc", "train_val_gap", "train_acc_final",
+    "train_loss_final", "val_loss_final", "test_loss", "epochs_completed", "wall_s",
+)  # fmt: skip
+# Not metrics: the per-epoch history goes to the plots, the overrides to their own columns.
+NOT_COLUMNS = {"status", "history", "overrides"}
+
+
+def format_mean_std(values: Sequence[float], n: int) -> str:
+    mean, std = mean_std(values)
+    if mean is None:
+        return "–"
+    text = f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
+    return text if len(values) == n else f"{text} (n={len(values)})"
+
+
+def csv_columns(jobs: Iterable[Job]) -> list[str]:
+    found = dict.fromkeys(k for job in jobs for k in job.results if k not in NOT_COLUMNS)
+    return [c for c in FIRST_COLUMNS if c in found or c == "train_val_gap"] + sorted(
+        k for k in found if k not in FIRST_COLUMNS
+    )
+
+
+def write_csv(sweep: Sweep, path: Path) -> None:
+    axes = [k for k in sweep.varying if k != "seed"]
+    metrics = csv_columns(sweep.jobs)
+    header = ["job", "config", "seed", "status", *axes, *metrics, "overrides"]
+    with atomic_open(path, newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for job in sweep.jobs:
+            row: list[Any] = [job.name, job.config, job.seed, job.status]
+            row += [job.settings.get(k, "") for k in axes]
+            for key in metrics:
+                value = job.value(key) if key == "train_val_gap" else job.results.get(key)
+                row.append("" if value is None else value)
+            row.append(" ".join(job.overrides))
+            writer.writerow(row)
+
+
+def markdown(sweep: Sweep, plots: Sequence[str]) -> str:
+    counts: dict[str, int] = {}
+    for job in sweep.jobs:
+        counts[job.status] = counts.get(job.status, 0) + 1
+    lines = [
+        f"# Sweep report: {sweep.path.name}",
+        "",
+        f"{len(sweep.jobs)} jobs in {len(sweep.configs)} configurations: "
+        + ", ".join(f"{n} {status}" for status, n in counts.items())
+        + ".",
+    ]
+    if sweep.fixed:
+        lines += ["", "Every job: `" + " ".join(sweep.fixed) + "`"]
+    lines += [
+        "",
+        "Seeds folded together: mean ± sample standard deviation over the n runs that were "
+        "measured (completed or diverged). Test accuracy uses each run's best checkpoint (by "
+        "validation accuracy). The gap is the final epoch's training accuracy (averaged over the "
+        "epoch, dropout active) minus its validation accuracy.",
+        "",
+        *_table(
+            ["configuration", "n", *(title for title, _ in AGGREGATES), "diverged", "failed"],
+            [
+                [
+                    config.label,
+                    str(config.measured),
+                    *(format_mean_std(config.values(k), config.measured) for _, k in AGGREGATES),
+                    str(config.count("diverged")),
+                    str(len(config.jobs) - config.measured),
+                ]
+                for config in sweep.configs
+            ],
+        ),
+    ]
+    ranked = [c for c in sweep.configs if c.values("val_acc_best")]
+    if len(ranked) > 1:
+        best = max(ranked, key=lambda c: statistics.fmean(c.values("val_acc_best")))
+        lines += ["", f"Best mean validation accuracy: **{best.label}**."]
+    lines += _epoch_section(sweep)
+    lines += _problem_section(sweep)
+    if plots:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{Path(p).stem.replace('_', ' ')}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """A markdown table; every column but the first right-aligned (numbers)."""
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for row in rows:
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    return lines
+
+
+def _epoch_section(sweep: Sweep, max_columns: int = 12) -> list[str]:
+    """Mean validation accuracy per epoch: how fast each configuration learns."""
+    per_config = [(config, config.per_epoch("val/acc")) for config in sweep.configs]
+    last = max((max(epochs) for _, epochs in per_config if epochs), default=None)
+    if last is None:
+        return []
+    shown = list(range(last + 1))
+    if len(shown) > max_columns:  # evenly spaced epochs, always the first and the last
+        step = last / (max_columns - 1)
+        shown = sorted({round(i * step) for i in range(max_columns)})
+    rows = [
+        [config.label]
+        + [f"{statistics.fmean(epochs[e]):.4f}" if e in epochs else "–" for e in shown]
+        for config, epochs in per_config
+    ]
+    return [
+        "",
+        "## Validation accuracy per epoch (mean over seeds)",
+        "",
+        *_table(["val acc per epoch", *(str(e + 1) for e in shown)], rows),
+    ]
+
+
+def _problem_section(sweep: Sweep) -> list[str]:
+    problems = [job for job in sweep.jobs if job.status != "completed"]
+    if not problems:
+        return []
+    rows = [
+        [
+            job.name,
+            job.config,
+            job.seed or "–",
+            job.status,
+            str(job.results.get("epochs_completed", "–")),
+            job.detail,
+        ]
+        for job in problems
+    ]
+    return [
+        "",
+        "## Diverged and failed jobs",
+        "",
+        *_table(["job", "configuration", "seed", "status", "epochs", "detail"], rows),
+    ]

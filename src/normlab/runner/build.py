@@ -1,0 +1,87 @@
+"""From config nodes to objects: every `_target_` is instantiated here, nowhere else.
+
+The network's norm and dropout are `_partial_` nodes, so instantiating `cfg.model` hands the
+network two factories (`norm(num_channels)`, `dropout()`). One key is not a layer argument:
+`model.dropout.placement` says where the network puts dropout, and goes to the network as
+`dropout_placement`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from normlab.training import ImageClassifier
+from normlab.training.checkpoints import AtomicCheckpointIO
+
+
+def network_spec(model_cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """`cfg.model` as plain values, ready for `instantiate`."""
+    spec = OmegaConf.to_container(OmegaConf.create(model_cfg), resolve=True)
+    dropout = spec.get("dropout")
+    if isinstance(dropout, dict) and "placement" in dropout:
+        spec["dropout_placement"] = dropout.pop("placement")
+    return spec
+
+
+def build_network(
+    model_cfg: DictConfig | Mapping[str, Any], device: str | None = None
+) -> nn.Module:
+    """Instantiate the network of `cfg.model`. On `device="meta"` the constructors run with
+    the real widths but allocate no memory and initialize nothing: the pre-run checks use it."""
+    place = torch.device(device) if device else contextlib.nullcontext()
+    with place:
+        return instantiate(network_spec(model_cfg), _convert_="all")
+
+
+def build_module(cfg: DictConfig, net: nn.Module) -> ImageClassifier:
+    scheduler = cfg.get("scheduler")
+    return ImageClassifier(
+        net,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(scheduler) if scheduler else None,
+        num_classes=cfg.model.num_classes,
+        compile=cfg.get("compile", False),
+        channels_last=cfg.get("channels_last", False),
+        hparams=hyperparameters(cfg),
+    )
+
+
+def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
+    """The parts of the config that define the experiment, as plain values (saved in every
+    checkpoint, so they must load with `torch.load(weights_only=True)`)."""
+    plain = {
+        key: OmegaConf.to_container(cfg[key], resolve=True) if cfg.get(key) is not None else None
+        for key in ("data", "model", "optimizer", "scheduler")
+    }
+    return {"seed": cfg.seed, **plain, "max_epochs": cfg.trainer.get("max_epochs")}
+
+
+def instantiate_all(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a `callbacks` or `logger` group that has a `_target_`."""
+    if not group:
+        return []
+    return [
+        instantiate(node)
+        for node in group.values()
+        if isinstance(node, Mapping) and "_target_" in node
+    ]
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    """The Trainer with the configured callbacks and loggers; checkpoints written atomically."""
+    loggers = instantiate_all(cfg.get("logger"))
+    callbacks = instantiate_all(cfg.get("callbacks"))
+    if not loggers:  # logger=none: Lightning refuses a LearningRateMonitor with nowhere to log
+        callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
+    return instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )

@@ -1,0 +1,112 @@
+"""What the entry points share: a user's mistake as a message, not a traceback; SIGTERM
+handled like Ctrl-C; a console about the experiment."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+import threading
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
+from normlab.errors import NormlabError
+
+
+def in_multirun() -> bool:
+    """Whether this process runs a job of a Hydra --multirun."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+@contextlib.contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """Print a NormlabError as one paragraph and exit 1 in a single run.
+
+    In a multirun the error is re-raised instead: Hydra records the job as failed and goes on
+    with the others (exiting would end the whole sweep).
+    """
+    try:
+        yield
+    except NormlabError as err:
+        if in_multirun():
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM: the run is marked "interrupted"; a sweep stops here.
+        sys.exit(130)
+
+
+@contextlib.contextmanager
+def explain_unknown_keys(
+    overrides: list[str], config_dir: Path, config_name: str
+) -> Iterator[None]:
+    """After Hydra rejects the command line, name the setting a mistyped key probably meant
+    (Hydra's own advice, to add the key with `+`, is wrong for a typo)."""
+    try:
+        yield
+    except SystemExit as stop:
+        if stop.code == 1:
+            from normlab.runner.checks import unknown_override_hints
+
+            for hint in unknown_override_hints(overrides, config_dir, config_name):
+                print(f"error: {hint}", file=sys.stderr)
+        raise
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"received signal {signal.Signals(signum).name}")
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM handled like Ctrl-C, so a stopped run can say so in its results.json.
+
+    Python's default SIGTERM handler ends the process on the spot: no `finally` block runs and
+    a run stopped by `kill`, a scheduler or a cluster's time limit would leave no trace of why.
+    Raised as KeyboardInterrupt instead, it takes Lightning's graceful-shutdown path (the same
+    as Ctrl-C) and `normlab.runner.train` records the run as "interrupted".
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread (joblib workers)
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_lightning() -> None:
+    """Keep the console about the experiment: drop Lightning's advertising and warnings that do
+    not apply to in-memory tensor loaders."""
+    # `import lightning` gives the "lightning" logger its own console handler. Imported after
+    # Hydra has set up logging (train.py imports it lazily), Lightning's messages then reach
+    # both that handler and Hydra's: every line printed twice, and the first copy not in
+    # train.log. Hydra's handlers already cover the console and the log file.
+    if logging.getLogger().handlers:
+        logging.getLogger("lightning").handlers.clear()
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTips) for f in logger.filters):
+            logger.addFilter(_DropTips())
+    # Data already sits in memory on the training device: worker processes would only copy it.
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # Short epochs on small datasets are expected (digits: 39 batches).
+    warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
+    # Lightning 2.6 calling a deprecated torch.utils._pytree API; nothing for users to do.
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+    # Under DDP: torchmetrics objects sync themselves; the other epoch values logged
+    # (val/acc_best, epoch time) are the same on every rank or rank 0's own by design.
+    warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed.*")

@@ -1,0 +1,115 @@
+"""Classify image files with a finished run.
+
+    python -m normlab.predict run=<run dir> [which=best|last] [top=3] IMAGE [IMAGE ...]
+
+PNG or JPEG of any size: each image is converted to the run's channels, resized to the image
+size the network trained on (32x32) and normalized with the run's `data.mean` / `data.std`,
+exactly as validation batches are. Prints the top classes with their probabilities, using the
+dataset's class names.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from PIL import Image, UnidentifiedImageError
+
+from normlab.errors import ConfigError, DataError
+from normlab.runner.build import build_network
+from normlab.runner.checks import network_error
+from normlab.runner.cli import exit_on_user_error
+from normlab.runner.rundir import checkpoint_path, load_checkpoint, network_weights, saved_config
+
+USAGE = "usage: python -m normlab.predict run=<run dir> [which=best|last] [top=3] IMAGE [IMAGE ...]"
+
+
+class Predictor:
+    """A finished run's network, ready to classify images (on the CPU, in evaluation mode)."""
+
+    def __init__(self, run_dir: Path, which: str = "best") -> None:
+        cfg = saved_config(run_dir, "run")
+        weights = load_checkpoint(checkpoint_path(run_dir, which), key="checkpoint")["state_dict"]
+        try:
+            self.net = build_network(cfg.model)
+        except Exception as err:
+            raise network_error(cfg.model, err) from None
+        self.net.load_state_dict(network_weights(weights))
+        self.net.eval()
+        datamodule = instantiate(cfg.data)  # cheap: nothing is loaded before setup()
+        self.class_names = [str(name) for name in datamodule.class_names]
+        self.transform = datamodule.eval_transform
+        self.image_size = int(getattr(datamodule, "image_size", 32))
+        self.channels = int(cfg.model.get("in_channels", 3))
+
+    def read(self, path: Path) -> torch.Tensor:
+        """One image file as uint8 [C, H, W] at the network's input size."""
+        try:
+            with Image.open(path) as image:
+                image = image.convert("L" if self.channels == 1 else "RGB")
+                # Pillow's bilinear filter widens its support when shrinking (antialiasing),
+                # so a large photo is averaged down rather than sampled with aliasing.
+                image = image.resize((self.image_size, self.image_size), Image.BILINEAR)
+                pixels = np.asarray(image, dtype=np.uint8)
+        except FileNotFoundError:
+            raise DataError(f"{path}: no such image file.") from None
+        except (UnidentifiedImageError, OSError) as err:
+            raise DataError(
+                f"{path}: not a readable image ({err}); give PNG or JPEG files."
+            ) from None
+        if pixels.ndim == 2:
+            pixels = pixels[:, :, None]
+        return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
+
+    @torch.no_grad()
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities for uint8 [N, C, H, W] images."""
+        return self.net(self.transform(images)).softmax(dim=1)
+
+    def top_classes(self, paths: Sequence[Path], k: int = 3) -> list[list[tuple[str, float]]]:
+        """The k most probable (class name, probability) pairs of each image, best first."""
+        probs = self.probabilities(torch.stack([self.read(p) for p in paths]))
+        values, indices = probs.topk(min(k, probs.size(1)), dim=1)
+        return [
+            [(self.class_names[i], float(v)) for v, i in zip(row_v, row_i, strict=True)]
+            for row_v, row_i in zip(values.tolist(), indices.tolist(), strict=True)
+        ]
+
+
+def parse_args(argv: Sequence[str]) -> tuple[dict[str, str], list[Path]]:
+    options = {"which": "best", "top": "3"}
+    images = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key in ("run", "which", "top"):
+            options[key] = value
+        else:
+            images.append(Path(arg))
+    if "run" not in options or not images:
+        raise ConfigError(f"predict needs run=<run dir> and at least one image. {USAGE}")
+    if not options["top"].isdigit() or int(options["top"]) < 1:
+        raise ConfigError(f"top={options['top']}: give a positive number of classes to print.")
+    return options, images
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0
+    with exit_on_user_error():
+        options, images = parse_args(argv)
+        predictor = Predictor(Path(options["run"]), options["which"])
+        for path, top in zip(
+            images, predictor.top_classes(images, int(options["top"])), strict=True
+        ):
+            print(f"{path}: " + ", ".join(f"{name} {prob:.3f}" for name, prob in top))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Hydra callback: the multirun's report (`normlab.report`) in its sweep directory.
+
+Written once when the sweep ends. Hydra skips `on_multirun_end` when any job failed, so a
+failed job writes the report itself, and from then on every job that ends rewrites it: the
+last job to finish leaves a complete report whatever happened to the others.
+
+With the joblib launcher several jobs end at once in different processes; a lock makes their
+rewrites take turns, so the last writer has read every finished job's results. The lock file
+lives in the temporary folder, not in the sweep directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from normlab.report import write_report
+
+log = logging.getLogger("normlab.report")
+
+
+class SweepReport(Callback):
+    """Write `summary.csv`, `summary.md` and plots into the sweep directory."""
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        sweep_dir = sweep_dir_of(config)
+        # summary.md exists mid-sweep only once a failed job has written it.
+        if job_return.status == JobStatus.FAILED or (sweep_dir / "summary.md").exists():
+            self._write(sweep_dir)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        path = self._write(Path(config.hydra.sweep.dir))
+        if path is not None:
+            log.info("sweep report: %s", path)
+
+    def _write(self, sweep_dir: Path) -> Path | None:
+        # A report is a by-product: failing to write it must not fail a job that trained.
+        try:
+            with FileLock(lock_path(sweep_dir)):
+                return write_report(sweep_dir)
+        except Exception as err:
+            log.warning("could not write the sweep report in %s: %s", sweep_dir, err)
+            return None
+
+
+def lock_path(sweep_dir: Path) -> Path:
+    """One lock per sweep directory, outside it."""
+    digest = hashlib.sha1(str(sweep_dir.resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"normlab-report-{digest}.lock"
+
+
+def sweep_dir_of(config: DictConfig) -> Path:
+    """The sweep directory of a job: its output directory minus `hydra.sweep.subdir`.
+
+    Derived from the job's own output directory rather than re-resolving `hydra.sweep.dir`,
+    whose `${now:}` could resolve to another second in a launcher's worker process.
+    """
+    output_dir = Path(config.hydra.runtime.output_dir)
+    depth = len(Path(str(config.hydra.sweep.subdir)).parts)
+    return output_dir.parents[depth - 1]

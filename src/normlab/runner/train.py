@@ -1,0 +1,147 @@
+"""From a composed config to a trained, tested run with `results.json`.
+
+config -> checks -> datamodule + network + LightningModule + Trainer -> fit, test ->
+results.json. The runner is the only part of normlab that knows both Hydra and Lightning.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.model_summary import ModelSummary
+from omegaconf import DictConfig, OmegaConf
+
+from normlab.errors import NormlabError
+from normlab.files import atomic_open, write_json
+from normlab.runner.build import build_module, build_network, build_trainer
+from normlab.runner.checks import check_run, checked_by_preflight
+from normlab.runner.cli import in_multirun, quiet_lightning
+from normlab.runner.rundir import (
+    history_from_last_checkpoint,
+    launcher_target,
+    plan_run,
+    task_overrides,
+)
+from normlab.training import ImageClassifier, MetricHistory, divergence_record
+from normlab.training.hparams import record_hparams
+
+log = logging.getLogger("normlab")
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit and test one configuration; always leaves `results.json` in the output directory.
+
+    With `resume=<run dir>` the run's saved config replaces `cfg` and training continues from
+    its last checkpoint, in that directory.
+    """
+    plan = plan_run(cfg, task_overrides())
+    cfg = plan.config
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    quiet_lightning()
+    results: dict[str, Any] = {"status": "failed"}
+    trainer: L.Trainer | None = None
+    try:
+        if not checked_by_preflight():  # a job of a sweep, or a call from Python
+            check_run(plan, multirun=in_multirun(), launcher=launcher_target())
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        net = build_network(cfg.model)
+        module = build_module(cfg, net)
+        datamodule = instantiate(cfg.data)
+        trainer = build_trainer(cfg)
+        log.info(
+            "%s: %s params; output in %s",
+            type(net).__name__,
+            f"{sum(p.numel() for p in net.parameters()):,}",
+            output_dir,
+        )
+        describe_run(cfg, module, output_dir)
+        if plan.resumed:
+            start = plan.checkpoint or "the start (no checkpoint)"
+            log.info("resuming %s from %s", output_dir, start)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=plan.checkpoint, weights_only=True)
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        tested = trainer.test(
+            module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True
+        )
+        best = str(Path(best).relative_to(output_dir)) if best else ""
+        results = collect_results(trainer, tested[0] if tested else {}, best)
+        # status "diverged" (and where) when the DivergenceGuard stopped the run early.
+        results.update(divergence_record(trainer))
+        record_hparams(trainer.loggers, module.hparams, results, step=trainer.global_step)
+    except NormlabError as err:
+        results["error"] = str(err)
+        raise
+    except (KeyboardInterrupt, SystemExit):
+        # Ctrl-C or SIGTERM (see normlab.runner.cli), or Lightning exiting after either.
+        results["status"] = "interrupted"
+        log.warning("interrupted; continue with: python train.py resume=%s", output_dir)
+        raise KeyboardInterrupt from None
+    except Exception as err:
+        results["error"] = f"{type(err).__name__}: {err}"
+        raise
+    finally:
+        if trainer is not None and results["status"] in ("failed", "interrupted"):
+            results.update(collect_results(trainer, {}, "", status=results["status"]))
+        results["wall_s"] = round(time.perf_counter() - started, 3)
+        results["overrides"] = plan.overrides
+        # Under DDP every rank runs this function; rank 0 holds the reduced metrics.
+        if trainer is None or trainer.is_global_zero:
+            write_json(output_dir / "results.json", results)
+    if not trainer.is_global_zero:
+        return results
+    log.info(
+        "val acc best %.4f, test acc %.4f; results in %s",
+        results["val_acc_best"],
+        results["test_acc"],
+        output_dir / "results.json",
+    )
+    return results
+
+
+def collect_results(
+    trainer: L.Trainer,
+    test_metrics: Mapping[str, float],
+    best_checkpoint: str,
+    status: str = "completed",
+) -> dict[str, Any]:
+    history = next((cb.epochs for cb in trainer.callbacks if isinstance(cb, MetricHistory)), [])
+    if not history and trainer.checkpoint_callbacks:  # ddp_spawn: epochs ran in child processes
+        history = history_from_last_checkpoint([cb.dirpath for cb in trainer.checkpoint_callbacks])
+    final = history[-1] if history else {}
+    val_accs = [row["val/acc"] for row in history if "val/acc" in row]
+    return {
+        "status": status,
+        "val_acc_best": max(val_accs) if val_accs else None,
+        "val_acc_final": final.get("val/acc"),
+        "test_acc": test_metrics.get("test/acc"),
+        "test_loss": test_metrics.get("test/loss"),
+        "train_acc_final": final.get("train/acc"),
+        "train_loss_final": final.get("train/loss"),
+        "val_loss_final": final.get("val/loss"),
+        "epochs_completed": len(history),
+        "best_checkpoint": best_checkpoint,
+        "history": history,
+    }
+
+
+@rank_zero_only
+def describe_run(cfg: DictConfig, module: ImageClassifier, output_dir: Path) -> None:
+    """Print and save what the run is before it starts: the network layer by layer
+    (`model_summary.txt`, Lightning's ModelSummary) and the fully resolved config
+    (`config_resolved.yaml`; `.hydra/config.yaml` keeps the interpolations)."""
+    summary = str(ModelSummary(module, max_depth=-1))
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    for name, text in (("model_summary.txt", summary), ("config_resolved.yaml", resolved)):
+        with atomic_open(output_dir / name) as f:
+            f.write(text + ("" if text.endswith("\n") else "\n"))
+    log.info("model summary (model_summary.txt):\n%s", summary)
+    log.info("config (config_resolved.yaml):\n%s", resolved)

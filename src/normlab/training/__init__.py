@@ -1,0 +1,16 @@
+"""Lightning, without Hydra: the LightningModule, the schedules and the training callbacks."""
+
+from normlab.training.divergence import DivergenceGuard, divergence_record
+from normlab.training.history import MetricHistory
+from normlab.training.module import ImageClassifier
+from normlab.training.progress import TerminalProgressBar
+from normlab.training.rng import RNGState
+
+__all__ = [
+    "DivergenceGuard",
+    "ImageClassifier",
+    "MetricHistory",
+    "RNGState",
+    "TerminalProgressBar",
+    "divergence_record",
+]
