@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from normlab.diagnostics import NetworkDiagnostics
+from normlab.diagnostics.figures import prediction_grid
 from normlab.diagnostics.probes import ValidationProbe, WatchedLayers
 from normlab.nn import ScratchBatchNorm2d, SeedCNN
 from normlab.runner.build import build_network, instantiate_all
@@ -288,6 +289,23 @@ def test_validation_variance_ratio_uses_the_first_images_of_each_epoch(bn_type):
     net(later)  # the next epoch starts afresh
     expected = bn.running_var / later[:12].transpose(0, 1).flatten(1).var(dim=1)
     torch.testing.assert_close(probe.take_var_ratios()["norm"], expected, rtol=1e-5, atol=0)
+
+
+def test_prediction_grid_reaches_tensorboard_intact(tmp_path):
+    """Written as the callback writes it (add_image, HWC) and read back by TensorBoard's own
+    reader: lossless, so the right/wrong label colours survive exactly."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    images = np.zeros((4, 32, 32, 3), dtype=np.uint8)
+    images[:, :, :16] = 200
+    grid = prediction_grid(images, ["1", "2", "3", "4"], ["1", "7", "3", "9"], columns=2)
+    with SummaryWriter(tmp_path) as writer:
+        writer.add_image("val/predictions", grid, 7, dataformats="HWC")
+    stored = np.asarray(Image.open(io.BytesIO(Events(tmp_path).images["val/predictions"][7])))
+    np.testing.assert_array_equal(stored[..., :3], grid)
+    colours = {tuple(c) for c in grid.reshape(-1, 3)}
+    assert any(c[0] > 200 and c[1] < 130 for c in colours)  # red: a wrong prediction
+    assert any(c[1] > 180 and c[0] < 130 for c in colours)  # green: a right one
 
 
 def test_diagnostics_are_on_by_default_and_can_be_tuned_or_switched_off(compose_cfg):

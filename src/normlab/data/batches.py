@@ -75,7 +75,7 @@ class BatchTransform:
             self._affine[key] = _affine(self.mean, self.std, *key)
         scale, shift = self._affine[key]
         # Convert first, then multiply-add in place: on a CPU the uint8 * float32 multiply
-        # takes a slow mixed-type path (2.6x slower for a 256-image chunk, measured).
+        # takes a slow mixed-type path (README, "Performance").
         return images.float().mul_(scale).add_(shift)
 
     def __call__(
@@ -111,8 +111,9 @@ def crop_and_flip(
     it left-right where `flip` is set: one `gather` over the padded images.
 
     Every output pixel reads `padded[b, c, y + dy[b], x' + dx[b]]` with x' = x, or W-1-x for
-    a flipped image. On 2 CPU cores this was 2-3x faster than advanced indexing or one masked
-    copy per offset, and unlike masked copies it never waits on the GPU.
+    a flipped image. One kernel instead of advanced indexing or one masked copy per offset
+    (slower on the CPU: README, "Performance"), and unlike masked copies it never waits on
+    the GPU.
     """
     b, c, h, w = images.shape
     device = images.device
