@@ -1,27 +1,15 @@
 """See inside the network while it trains: what the lesson claims about batch norm and dropout,
-measured per layer and written to TensorBoard.
+measured per layer and written to TensorBoard (README, "Inspecting a run", lists every tag).
 
 Every `every_n_steps` optimizer steps one training step is instrumented (step 0 included):
+activations before and after each norm, ReLU sparsity, gradient norms, update ratios, batch
+norms' variance ratios and state. After every `every_n_epochs`-th validation epoch: the
+prediction grid, the confusion matrix, per-class accuracy and the validation variance ratio.
+Layers are named by module path (`features.0.norm`, `head.1.act`).
 
-    activation_mean/<norm layer>/before|after   input and output of each normalization layer
-    activation_std/<norm layer>/before|after    (BN keeps activations in a compact range)
-    relu_zero_fraction/<relu>                   sparsity of the representation (dropout)
-    grad_norm/<layer>                           gradient flow: does it reach the first layers?
-    update_ratio/<layer>                        ||step|| / ||weights|| of this optimizer step
-    bn_var_ratio/<bn>/train                     running var / this batch's var (channel mean)
-    bn/<bn>/gamma|beta|running_mean|running_var|var_ratio_train   histograms
-
-At the end of every `every_n_epochs`-th validation epoch:
-
-    val/predictions, val/confusion_matrix       images
-    val_class_acc/<class>                       per-class accuracy
-    bn_var_ratio/<bn>/val, bn/<bn>/var_ratio_val  running var / variance of validation inputs
-                                                (the variance shift of dropout before BN)
-
-Layers are named by module path (`features.0.norm`, `head.1.act`). The hooks return at once on
-other steps and a step's statistics reach the host in one transfer; README.md gives the
-measured cost. The confusion matrix and per-class accuracy are torchmetrics objects, so under
-DDP they cover every process's share of the validation set.
+The hooks return at once on other steps and a step's statistics reach the host in one
+transfer. The confusion matrix and per-class accuracy are torchmetrics objects, so under DDP
+they cover every process's share of the validation set.
 """
 
 from __future__ import annotations

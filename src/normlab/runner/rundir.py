@@ -214,8 +214,10 @@ def describe_model(model: Mapping[str, Any]) -> str:
     """`SeedCNN with norm=BatchNorm2d, dropout=Dropout`, from a model config's `_target_`s."""
 
     def name(node: Any) -> str:
-        target = node.get("_target_") if isinstance(node, Mapping) else None
-        return str(target).rsplit(".", 1)[-1] if target else "?"
+        if not isinstance(node, Mapping):
+            return "?"
+        # Checkpoints written before norms and dropouts were `_target_`s name them `name`.
+        return str(node.get("_target_") or node.get("name") or "?").rsplit(".", 1)[-1]
 
     if not model:
         return "another network"
