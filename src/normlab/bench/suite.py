@@ -8,7 +8,7 @@ Both pipelines read the same synthetic CIFAR-10 in the real on-disk format (see
 `cifar_files`): normlab through `data=cifar10`, the lesson through torchvision's `CIFAR10`.
 normlab's side is always the real thing a user runs: the config composed by Hydra from
 `conf/` (`model=cnn_bn_dropout data=cifar10`, default callbacks and TensorBoard logger) and
-`normlab.run.train`.
+`normlab.runner.train`.
 """
 
 from __future__ import annotations
