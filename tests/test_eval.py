@@ -11,10 +11,8 @@ import sys
 
 import pytest
 import torch
-from conftest import CONF, REPO, run_cli
+from conftest import REPO, compose_config, run_cli
 from finished_run import digits_run
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
@@ -34,12 +32,7 @@ def run(tmp_path_factory):
 
 
 def eval_config(*overrides: str):
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose("eval", overrides=list(overrides))
-    finally:
-        GlobalHydra.instance().clear()
+    return compose_config(overrides, config_name="eval")
 
 
 def trained(run_dir, checkpoint: str):

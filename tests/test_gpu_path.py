@@ -15,6 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from normlab.data import BatchTransform, SyntheticDataModule, TensorBatchLoader
 from normlab.runner.build import build_network
+from normlab.runner.rundir import network_weights
 from normlab.training import ImageClassifier, MetricHistory, TerminalProgressBar
 
 NORMS = config_options("model/norm")
@@ -122,9 +123,7 @@ def test_compiled_network_matches_eager_and_saves_plain_names(norm, dropout):
     state = compiled.state_dict()
     assert not [key for key in state if "_orig_mod" in key]
     fresh = network(norm, dropout, seed=5)
-    fresh.load_state_dict(
-        {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
-    )
+    fresh.load_state_dict(network_weights(state))
     torch.testing.assert_close(fresh.eval()(images), compiled.eval()(images))
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import statistics
 import tempfile
 import time
@@ -22,14 +23,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import open_dict
 
-import normlab  # noqa: F401 - registers the resolvers the configs use
-from normlab.bench.suite import checked_repo
+from normlab.bench.suite import checked_repo, compose_config
 from normlab.runner.build import build_module, build_network, build_trainer
 from normlab.runner.cli import quiet_lightning
 
@@ -63,15 +59,9 @@ class EpochTimer(L.Callback):
         self.cpu.append(time.process_time() - self._cpu)
 
 
-def fit(conf_dir: Path, overrides: list[str], output_dir: Path) -> EpochTimer:
+def fit(repo: Path, overrides: list[str], output_dir: Path) -> EpochTimer:
     """Fit as train.py would (no test); returns the epoch times."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
+    cfg = compose_config(repo, [*overrides, f"paths.output_dir={output_dir}"])
     L.seed_everything(cfg.seed, verbose=False)
     module = build_module(cfg, build_network(cfg.model))
     timer = EpochTimer()
@@ -89,7 +79,7 @@ def main() -> None:
     parser.add_argument("--repo", type=Path, default=Path("."), help="repository root")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides: one workload")
     args = parser.parse_args()
-    conf_dir = checked_repo(args.repo) / "conf"
+    repo = checked_repo(args.repo)
     if args.threads:
         torch.set_num_threads(args.threads)
     workloads = {" ".join(args.overrides): args.overrides} if args.overrides else WORKLOADS
@@ -107,9 +97,10 @@ def main() -> None:
             cpu = {setting: [] for setting in SETTINGS}
             for repeat in range(args.repeats):
                 for setting, extra in SETTINGS.items():
-                    run_dir = Path(tmp) / f"{workload}-{setting}-{repeat}".replace(" ", "_")
+                    label = re.sub(r"\W+", "_", f"{workload}-{setting}-{repeat}")
+                    run_dir = Path(tmp) / label  # a plain name: it goes into an override
                     full = [*COMMON, f"trainer.max_epochs={args.epochs}", *overrides, *extra]
-                    timer = fit(conf_dir, full, run_dir)
+                    timer = fit(repo, full, run_dir)
                     wall[setting] += timer.wall[1:]
                     cpu[setting] += timer.cpu[1:]
             base_wall, base_cpu = statistics.median(wall["off"]), statistics.median(cpu["off"])
