@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from normlab.errors import NormlabError
+from normlab.report_stats import Contrast, contrasts
 
 # Runs that produced metrics: diverged runs stopped early but were validated and tested.
 MEASURED = ("completed", "diverged")
@@ -238,7 +239,57 @@ def write_csv(sweep: Sweep, path: Path) -> None:
             writer.writerow(row)
 
 
-def markdown(sweep: Sweep, plots: Sequence[str]) -> str:
+def sweep_contrasts(
+    sweep: Sweep, key: str, baselines: dict[str, str] | None = None
+) -> list[Contrast]:
+    """Each swept value against its axis's baseline, per combination of the other axes."""
+    runs = [
+        (config.settings, job.seed or job.name, value)
+        for config in sweep.configs
+        for job in config.jobs
+        if job.measured and (value := job.value(key)) is not None and math.isfinite(value)
+    ]
+    axes = [k for k in sweep.varying if k != "seed"]
+    return contrasts(runs, axes, baselines)
+
+
+def _contrast_section(sweep: Sweep, baselines: dict[str, str] | None) -> list[str]:
+    test = sweep_contrasts(sweep, "test_acc", baselines)
+    if not test:
+        return []
+    gap = {
+        (c.axis, c.value, tuple(c.where.items())): c
+        for c in sweep_contrasts(sweep, "train_val_gap", baselines)
+    }
+    rows = []
+    for c in test:
+        g = gap.get((c.axis, c.value, tuple(c.where.items())))
+        rows.append(
+            [
+                f"{c.axis}: {c.value} − {c.baseline}",
+                ", ".join(f"{k}={v}" for k, v in c.where.items()) or "–",
+                f"{c.diff.n}{'' if c.diff.paired else ' (unpaired)'}",
+                f"{c.diff.mean:+.4f}{' *' if c.diff.significant else ''}",
+                f"[{c.diff.low:+.4f}, {c.diff.high:+.4f}]",
+                f"{c.diff.p_value:.3g}",
+                "–" if g is None else f"{g.diff.mean:+.4f} [{g.diff.low:+.4f}, {g.diff.high:+.4f}]",
+            ]
+        )
+    return [
+        "",
+        "## Contrasts: is the difference real?",
+        "",
+        "Each swept value against its axis's baseline, the other axes held fixed: the mean "
+        "difference in test accuracy over seeds with its 95% confidence interval (paired t "
+        "over seeds when both sides ran the same seeds, else Welch's t) and p-value; "
+        "* marks an interval that excludes zero. The last column is the same difference in "
+        "the train − val gap.",
+        "",
+        *_table(["comparison", "where", "n", "Δ test acc", "95% CI", "p", "Δ gap [95% CI]"], rows),
+    ]
+
+
+def markdown(sweep: Sweep, plots: Sequence[str], baselines: dict[str, str] | None = None) -> str:
     counts: dict[str, int] = {}
     for job in sweep.jobs:
         counts[job.status] = counts.get(job.status, 0) + 1
@@ -276,6 +327,7 @@ def markdown(sweep: Sweep, plots: Sequence[str]) -> str:
     if len(ranked) > 1:
         best = max(ranked, key=lambda c: statistics.fmean(c.values("val_acc_best")))
         lines += ["", f"Best mean validation accuracy: **{best.label}**."]
+    lines += _contrast_section(sweep, baselines)
     lines += _epoch_section(sweep)
     lines += _problem_section(sweep)
     if plots:
@@ -338,8 +390,12 @@ def _problem_section(sweep: Sweep) -> list[str]:
     ]
 
 
-def write_report(sweep_dir: Path | str, plots: bool = True) -> Path:
-    """Write summary.csv, summary.md and (with `plots`) the PNGs; return summary.md's path."""
+def write_report(
+    sweep_dir: Path | str, plots: bool = True, baselines: dict[str, str] | None = None
+) -> Path:
+    """Write summary.csv, summary.md and (with `plots`) the PNGs; return summary.md's path.
+    `baselines` names, per swept axis, the value the others are compared with (default: the
+    first value swept)."""
     sweep = load_sweep(Path(sweep_dir))
     write_csv(sweep, sweep.path / "summary.csv")
     written: list[str] = []
@@ -349,7 +405,7 @@ def write_report(sweep_dir: Path | str, plots: bool = True) -> Path:
         written = write_plots(sweep, sweep.path)
     md_path = sweep.path / "summary.md"
     with _atomic(md_path) as f:
-        f.write(markdown(sweep, written))
+        f.write(markdown(sweep, written, baselines))
     return md_path
 
 
@@ -375,9 +431,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("sweep_dir", type=Path, help="e.g. logs/multiruns/<date>_<time>_<pid>")
     parser.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib)")
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="AXIS=VALUE",
+        help="compare an axis's values with this one (default: the first value swept), "
+        "e.g. --baseline model/norm=batch",
+    )
     args = parser.parse_args(argv)
+    baselines = dict(split_override(b) for b in args.baseline)
     try:
-        path = write_report(args.sweep_dir, plots=not args.no_plots)
+        path = write_report(args.sweep_dir, plots=not args.no_plots, baselines=baselines)
     except NormlabError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
