@@ -46,15 +46,18 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
 
 
 def square_resize(image: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to `size` and crop the centre square (torchvision's
-    Resize(size) + CenterCrop(size)): no image is stretched."""
+    """Resize the shorter side to `size` and crop the centre square: no image is stretched.
+    Pixel for pixel torchvision's Resize(size) + CenterCrop(size) on a PIL image (the same
+    rounding of the longer side and of the crop offsets)."""
     width, height = image.size
     if (width, height) == (size, size):
         return image
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
+    short, long = min(width, height), max(width, height)
+    new_long = int(size * long / short)
+    new_w, new_h = (size, new_long) if width <= height else (new_long, size)
+    if (new_w, new_h) != (width, height):
+        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    left, top = round((new_w - size) / 2.0), round((new_h - size) / 2.0)  # half to even
     return image.crop((left, top, left + size, top + size))
 
 
@@ -230,7 +233,10 @@ class ImageFolderDataModule(InMemoryDataModule):
         train, test = self._decode_or_cached(train_files, test_files)
         if not test_files:
             train, test = self._hold_out_test(train)
-        self.val_size = self._count(self.val_size, len(train), "data.val_size")
+        # A fraction is of the whole train/ folder, as for test_size (0.1 + 0.1: 10% each).
+        self.val_size = self._count(
+            self.val_size, len(train), "data.val_size", fraction_of=len(train_files)
+        )
         if not self.stats_given:
             self._use_statistics_of(train)
         return train, test
@@ -282,8 +288,9 @@ class ImageFolderDataModule(InMemoryDataModule):
         return train.take(order[n_test:]), train.take(order[:n_test])
 
     @staticmethod
-    def _count(size: float, total: int, key: str) -> int:
-        count = round(size * total) if 0 < size < 1 else int(size)
+    def _count(size: float, total: int, key: str, fraction_of: int | None = None) -> int:
+        """`size` as a number of images out of `total`; a fraction is of `fraction_of`."""
+        count = round(size * (fraction_of or total)) if 0 < size < 1 else int(size)
         if not 0 < count < total:
             raise DataError(
                 f"{key}={size} leaves no images on one side of the split ({total} images); use "
