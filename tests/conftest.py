@@ -14,11 +14,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
+from PIL import Image
 
 import normlab  # noqa: F401 - registers the resolvers the configs use
 from normlab.bench.cifar_files import write_cifar10
@@ -131,3 +133,46 @@ def run_multirun(
         timeout=timeout,
         env=env,
     )
+
+
+# Class-folder images for data=image_folder (shared by its tests and the config tests).
+SIZE = 32
+
+
+def write_image(path: Path, image: Image.Image | np.ndarray, **save_args) -> Path:
+    """Save `image` (a PIL image or a uint8/uint16 array) at `path`; the suffix picks the
+    format."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    image.save(path, **save_args)
+    return path
+
+
+def solid(value: int, size: tuple[int, int] = (SIZE, SIZE)) -> np.ndarray:
+    """A uniform RGB image whose value identifies it (any format and resize keep it)."""
+    return np.full((size[1], size[0], 3), value, dtype=np.uint8)
+
+
+def write_classes(
+    split_dir: Path, per_class: dict[str, int], start: int = 0, suffix: str = ".png"
+) -> dict[int, str]:
+    """`split_dir/<class>/<i><suffix>`, each image a distinct uniform value. Returns
+    {value: class name} so a decoded image tells which folder it came from."""
+    origin: dict[int, str] = {}
+    value = start
+    for name, count in per_class.items():
+        for i in range(count):
+            write_image(split_dir / name / f"{i:03d}{suffix}", solid(value))
+            origin[value] = name
+            value += 1
+    return origin
+
+
+def write_image_folder(
+    root: Path, classes: tuple[str, ...] = ("cat", "dog"), per_class: int = 4
+) -> Path:
+    """`root/train/<class>/*.png` and `root/test/<class>/*.png`, a few uniform images each."""
+    write_classes(root / "train", dict.fromkeys(classes, per_class))
+    write_classes(root / "test", dict.fromkeys(classes, 2), start=100)
+    return root

@@ -6,8 +6,8 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from conftest import CONF, config_options
-from hydra.utils import instantiate
+from conftest import CONF, config_options, write_image_folder
+from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
 from normlab.runner.build import build_module, build_network, build_trainer, instantiate_all
@@ -42,8 +42,11 @@ def test_every_layer_and_schedule_choice_is_a_partial_target(group):
 
 
 @pytest.mark.parametrize("data", config_options("data"))
-def test_data_configs_instantiate(compose_cfg, data):
-    dm = instantiate(compose_cfg([f"data={data}"]).data)
+def test_data_configs_instantiate(compose_cfg, data, tmp_path):
+    cfg = compose_cfg([f"data={data}"])
+    if hasattr(get_class(cfg.data._target_), "class_names_in"):  # reads class folders
+        cfg.data.root = str(write_image_folder(tmp_path / "images"))
+    dm = instantiate(cfg.data)
     assert isinstance(dm, L.LightningDataModule) and dm.batch_size > 0 and dm.class_names
 
 

@@ -18,11 +18,13 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import REPO, compose_config, config_options
+from conftest import REPO, compose_config, config_options, write_image_folder
+from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from normlab.bench.cifar_files import write_cifar10
 from normlab.data import BatchTransform, TensorBatchLoader
+from normlab.errors import ConfigError
 from normlab.runner import checks
 from normlab.runner.build import build_module, build_network
 from normlab.runner.rundir import plan_run
@@ -209,9 +211,12 @@ SHIPPED = [
 
 
 @pytest.mark.parametrize("choice", SHIPPED)
-def test_every_shipped_config_passes_the_checks(compose_cfg, choice):
+def test_every_shipped_config_passes_the_checks(compose_cfg, choice, tmp_path):
     """The checks reject mistakes, not the template's own options."""
-    checks.check_run(plan_run(compose_cfg([choice]), []))
+    cfg = compose_cfg([choice])
+    if hasattr(get_class(cfg.data._target_), "class_names_in"):  # reads class folders
+        cfg.data.root = str(write_image_folder(tmp_path / "images", classes=tuple("abcdefghij")))
+    checks.check_run(plan_run(cfg, []))
 
 
 def test_an_unexpected_exception_in_the_checks_stops_the_run(compose_cfg, monkeypatch, capsys):
@@ -229,3 +234,17 @@ def test_an_unexpected_exception_in_the_checks_stops_the_run(compose_cfg, monkey
     err = capsys.readouterr().err
     assert "the checks before the run failed with ZeroDivisionError: division by zero" in err
     assert "Nothing was started or written" in err
+
+
+def test_image_folder_needs_a_root_and_a_matching_class_count(compose_cfg, tmp_path):
+    with pytest.raises(ConfigError, match=r"^data.root is not set: it has no default"):
+        checks.check_run(plan_run(compose_cfg(["data=image_folder"]), []))
+    root = write_image_folder(tmp_path / "images", classes=("cat", "dog", "fox"))
+    cfg = compose_cfg(["data=image_folder", f"data.root={root}"])
+    with pytest.raises(
+        ConfigError, match=r"holds 3 classes \(cat, dog, fox\)\. Set model.num_classes=3"
+    ):
+        checks.check_run(plan_run(cfg, []))
+    checks.check_run(
+        plan_run(compose_cfg(["data=image_folder", f"data.root={root}", "model.num_classes=3"]), [])
+    )

@@ -41,7 +41,7 @@ class InMemoryDataModule(L.LightningDataModule):
         mean, std: per-channel normalization on the [0, 1] scale.
         crop_padding: random-crop augmentation padding in pixels (0 = off).
         hflip: random horizontal flips.
-        val_size: images held out of the training set for validation.
+        val_size: images held out of the training set for validation (below 1: a fraction).
         train_size: keep only this many training images (None = all); for studies of
             overfitting on reduced data.
         split_seed: fixes which images form the validation split, independent of the run seed
@@ -59,7 +59,7 @@ class InMemoryDataModule(L.LightningDataModule):
         std: Sequence[float] = (0.5, 0.5, 0.5),
         crop_padding: int = 0,
         hflip: bool = False,
-        val_size: int = 5000,
+        val_size: float = 5000,
         train_size: int | None = None,
         split_seed: int = 0,
         seed: int = 0,
@@ -89,6 +89,8 @@ class InMemoryDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         full_train, test = self.load()
+        if 0 < self.val_size < 1:  # a fraction of the training images
+            self.val_size = round(self.val_size * len(full_train))
         if not 0 < self.val_size < len(full_train):
             raise ValueError(
                 f"data.val_size={self.val_size} must be between 1 and the {len(full_train)} "

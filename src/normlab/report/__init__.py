@@ -18,8 +18,12 @@ from normlab.report.tables import markdown, write_csv
 __all__ = ["Sweep", "load_sweep", "write_report"]
 
 
-def write_report(sweep_dir: Path | str, plots: bool = True) -> Path:
-    """Write summary.csv, summary.md and (with `plots`) the PNGs; return summary.md's path."""
+def write_report(
+    sweep_dir: Path | str, plots: bool = True, baselines: dict[str, str] | None = None
+) -> Path:
+    """Write summary.csv, summary.md and (with `plots`) the PNGs; return summary.md's path.
+    `baselines` names, per swept axis, the value the others are compared with (default: the
+    first value swept)."""
     sweep = load_sweep(Path(sweep_dir))
     write_csv(sweep, sweep.path / "summary.csv")
     written: list[str] = []
@@ -27,5 +31,5 @@ def write_report(sweep_dir: Path | str, plots: bool = True) -> Path:
         written = write_plots(sweep, sweep.path)
     md_path = sweep.path / "summary.md"
     with atomic_open(md_path) as f:
-        f.write(markdown(sweep, written))
+        f.write(markdown(sweep, written, baselines))
     return md_path

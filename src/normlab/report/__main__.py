@@ -10,6 +10,7 @@ from pathlib import Path
 
 from normlab.errors import NormlabError
 from normlab.report import write_report
+from normlab.report.sweep import split_override
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -19,9 +20,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("sweep_dir", type=Path, help="e.g. logs/multiruns/<date>_<time>_<pid>")
     parser.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib)")
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="AXIS=VALUE",
+        help="compare an axis's values with this one (default: the first value swept), "
+        "e.g. --baseline model/norm=batch",
+    )
     args = parser.parse_args(argv)
+    baselines = dict(split_override(b) for b in args.baseline)
     try:
-        path = write_report(args.sweep_dir, plots=not args.no_plots)
+        path = write_report(args.sweep_dir, plots=not args.no_plots, baselines=baselines)
     except NormlabError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

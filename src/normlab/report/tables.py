@@ -4,12 +4,14 @@ per epoch, and the jobs that did not complete)."""
 from __future__ import annotations
 
 import csv
+import math
 import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from normlab.files import atomic_open
+from normlab.report.stats import Contrast, contrasts
 from normlab.report.sweep import Job, Sweep, mean_std
 
 # Per-configuration aggregates in summary.md: (column title, per-job value).
@@ -60,7 +62,57 @@ def write_csv(sweep: Sweep, path: Path) -> None:
             writer.writerow(row)
 
 
-def markdown(sweep: Sweep, plots: Sequence[str]) -> str:
+def sweep_contrasts(
+    sweep: Sweep, key: str, baselines: dict[str, str] | None = None
+) -> list[Contrast]:
+    """Each swept value against its axis's baseline, per combination of the other axes."""
+    runs = [
+        (config.settings, job.seed or job.name, value)
+        for config in sweep.configs
+        for job in config.jobs
+        if job.measured and (value := job.value(key)) is not None and math.isfinite(value)
+    ]
+    axes = [k for k in sweep.varying if k != "seed"]
+    return contrasts(runs, axes, baselines)
+
+
+def _contrast_section(sweep: Sweep, baselines: dict[str, str] | None) -> list[str]:
+    test = sweep_contrasts(sweep, "test_acc", baselines)
+    if not test:
+        return []
+    gap = {
+        (c.axis, c.value, tuple(c.where.items())): c
+        for c in sweep_contrasts(sweep, "train_val_gap", baselines)
+    }
+    rows = []
+    for c in test:
+        g = gap.get((c.axis, c.value, tuple(c.where.items())))
+        rows.append(
+            [
+                f"{c.axis}: {c.value} − {c.baseline}",
+                ", ".join(f"{k}={v}" for k, v in c.where.items()) or "–",
+                f"{c.diff.n}{'' if c.diff.paired else ' (unpaired)'}",
+                f"{c.diff.mean:+.4f}{' *' if c.diff.significant else ''}",
+                f"[{c.diff.low:+.4f}, {c.diff.high:+.4f}]",
+                f"{c.diff.p_value:.3g}",
+                "–" if g is None else f"{g.diff.mean:+.4f} [{g.diff.low:+.4f}, {g.diff.high:+.4f}]",
+            ]
+        )
+    return [
+        "",
+        "## Contrasts: is the difference real?",
+        "",
+        "Each swept value against its axis's baseline, the other axes held fixed: the mean "
+        "difference in test accuracy over seeds with its 95% confidence interval (paired t "
+        "over seeds when both sides ran the same seeds, else Welch's t) and p-value; "
+        "* marks an interval that excludes zero. The last column is the same difference in "
+        "the train − val gap.",
+        "",
+        *_table(["comparison", "where", "n", "Δ test acc", "95% CI", "p", "Δ gap [95% CI]"], rows),
+    ]
+
+
+def markdown(sweep: Sweep, plots: Sequence[str], baselines: dict[str, str] | None = None) -> str:
     counts: dict[str, int] = {}
     for job in sweep.jobs:
         counts[job.status] = counts.get(job.status, 0) + 1
@@ -98,6 +150,7 @@ def markdown(sweep: Sweep, plots: Sequence[str]) -> str:
     if len(ranked) > 1:
         best = max(ranked, key=lambda c: statistics.fmean(c.values("val_acc_best")))
         lines += ["", f"Best mean validation accuracy: **{best.label}**."]
+    lines += _contrast_section(sweep, baselines)
     lines += _epoch_section(sweep)
     lines += _problem_section(sweep)
     if plots:

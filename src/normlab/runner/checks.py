@@ -27,6 +27,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -53,7 +54,9 @@ def check_run(plan: RunPlan, multirun: bool = False, launcher: str = "") -> nn.M
     for the checks on DDP inside sweeps. Returns the network on the meta device.
     """
     cfg = plan.config
+    check_unset(cfg)
     check_values(cfg)
+    check_classes(cfg)
     check_distributed(cfg, multirun, launcher)
     check_keys(cfg)
     net = check_network(cfg.model)
@@ -104,10 +107,58 @@ def network_error(model_cfg: DictConfig, err: Exception) -> ConfigError:
     )
 
 
+def check_unset(cfg: DictConfig) -> None:
+    """Settings with no default (`???` in their YAML) that the command line did not give."""
+    missing = missing_keys(cfg)
+    if missing:
+        key = missing[0]
+        hint = " (the folder with train/<class>/<images>)" if key == "data.root" else ""
+        raise ConfigError(
+            f"{key} is not set: it has no default{hint}. Give it on the command line, "
+            f"e.g. python train.py ... {key}=<value>."
+        )
+
+
+def missing_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """Paths of the `???` values, without resolving interpolations (the `hydra:` ones are
+    not resolvable before the run starts)."""
+    found = []
+    for key in node:
+        if prefix == "" and key == "hydra":
+            continue
+        if OmegaConf.is_missing(node, key):
+            found.append(f"{prefix}{key}")
+        elif not OmegaConf.is_interpolation(node, key) and isinstance(node[key], DictConfig):
+            found += missing_keys(node[key], f"{prefix}{key}.")
+    return found
+
+
+def check_classes(cfg: DictConfig) -> None:
+    """A dataset that finds its classes on disk (data=image_folder) must have as many as the
+    network has outputs; the loss would otherwise fail on the first out-of-range label."""
+    target = OmegaConf.select(cfg, "data._target_")
+    try:
+        data_class = get_class(target) if target else None
+    except Exception:
+        return  # check_keys names an unimportable target
+    if not hasattr(data_class, "class_names_in"):
+        return
+    names = data_class.class_names_in(cfg.data.root)
+    num_classes = OmegaConf.select(cfg, "model.num_classes")
+    if num_classes != len(names):
+        shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+        raise ConfigError(
+            f"model.num_classes={num_classes} but data.root={cfg.data.root} holds "
+            f"{len(names)} classes ({shown}). Set model.num_classes={len(names)}."
+        )
+
+
 def check_values(cfg: DictConfig) -> None:
     positive_int(cfg, "data.batch_size", "images per step, per process under DDP", 32)
     positive_int(cfg, "data.eval_batch_size", "images per evaluation batch", 1000)
-    positive_int(cfg, "data.val_size", "training images held out for validation", 5000)
+    count_or_fraction(cfg, "data.val_size", "training images held out for validation", 5000)
+    if OmegaConf.select(cfg, "data.test_size") is not None:
+        count_or_fraction(cfg, "data.test_size", "images held out for testing", 1000)
     if OmegaConf.select(cfg, "data.train_size") is not None:
         positive_int(cfg, "data.train_size", "training images kept (null = all)", 10000)
     positive_int(cfg, "trainer.max_epochs", "passes over the training set", 10)
@@ -126,6 +177,17 @@ def positive_int(cfg: DictConfig, key: str, meaning: str, example: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(
             f"{key}={value!r}: must be a positive integer ({meaning}), e.g. {key}={example}."
+        )
+
+
+def count_or_fraction(cfg: DictConfig, key: str, meaning: str, example: int) -> None:
+    value = OmegaConf.select(cfg, key)
+    if is_number(value) and 0 < value < 1:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(
+            f"{key}={value!r}: must be a positive number of images or a fraction between 0 "
+            f"and 1 ({meaning}), e.g. {key}={example} or {key}=0.1."
         )
 
 
@@ -259,10 +321,13 @@ def unknown_override_hints(overrides: list[str], config_dir: Path, config_name: 
         parts = key.split(".")
         node: Any = cfg
         for depth, part in enumerate(parts):
-            if not isinstance(node, DictConfig) or part not in node:
+            # keys(), not `in`: a key whose value is still `???` is not "in" a DictConfig.
+            if not isinstance(node, DictConfig) or part not in node.keys():  # noqa: SIM118
                 known = list(node.keys()) if isinstance(node, DictConfig) else []
                 wrong = ".".join(parts[: depth + 1])
                 hints.append(unknown_key_message(wrong, known))
+                break
+            if OmegaConf.is_missing(node, part):
                 break
             node = node[part]
     return hints

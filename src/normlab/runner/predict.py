@@ -2,9 +2,10 @@
 
     python -m normlab.predict run=<run dir> [which=best|last] [top=3] IMAGE [IMAGE ...]
 
-PNG or JPEG of any size: each image is converted to the run's channels, resized to the image
-size the network trained on (32x32) and normalized with the run's `data.mean` / `data.std`,
-exactly as validation batches are. Prints the top classes with their probabilities, using the
+PNG, JPEG, BMP or WEBP of any size and mode: each image is converted as data=image_folder
+converts training images (RGB, 16-bit scaled to 8, shorter side resized to the network's
+image size and centre-cropped) and normalized with the statistics the run recorded, exactly
+as validation batches are. Prints the top classes with their probabilities, using the
 dataset's class names.
 """
 
@@ -14,16 +15,22 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from hydra.utils import instantiate
-from PIL import Image, UnidentifiedImageError
 
+from normlab.data.batches import BatchTransform
+from normlab.data.image_folder import decode_image
 from normlab.errors import ConfigError, DataError
 from normlab.runner.build import build_network
 from normlab.runner.checks import network_error
 from normlab.runner.cli import exit_on_user_error
-from normlab.runner.rundir import checkpoint_path, load_checkpoint, network_weights, saved_config
+from normlab.runner.rundir import (
+    checkpoint_path,
+    load_checkpoint,
+    network_weights,
+    read_results,
+    saved_config,
+)
 
 USAGE = "usage: python -m normlab.predict run=<run dir> [which=best|last] [top=3] IMAGE [IMAGE ...]"
 
@@ -40,30 +47,30 @@ class Predictor:
             raise network_error(cfg.model, err) from None
         self.net.load_state_dict(network_weights(weights))
         self.net.eval()
-        datamodule = instantiate(cfg.data)  # cheap: nothing is loaded before setup()
-        self.class_names = [str(name) for name in datamodule.class_names]
-        self.transform = datamodule.eval_transform
-        self.image_size = int(getattr(datamodule, "image_size", 32))
+        self.image_size = int(cfg.data.get("image_size", 32))
         self.channels = int(cfg.model.get("in_channels", 3))
+        # The run recorded its classes and statistics: the data folder need not exist here.
+        recorded = read_results(run_dir)
+        if recorded.get("classes") and recorded.get("normalization"):
+            self.class_names = [str(name) for name in recorded["classes"]]
+            stats = recorded["normalization"]
+            self.transform = BatchTransform(tuple(stats["mean"]), tuple(stats["std"]))
+        else:  # a run from before results.json recorded them
+            datamodule = instantiate(cfg.data)  # cheap: nothing is loaded before setup()
+            self.class_names = [str(name) for name in datamodule.class_names]
+            self.transform = datamodule.eval_transform
 
     def read(self, path: Path) -> torch.Tensor:
-        """One image file as uint8 [C, H, W] at the network's input size."""
-        try:
-            with Image.open(path) as image:
-                image = image.convert("L" if self.channels == 1 else "RGB")
-                # Pillow's bilinear filter widens its support when shrinking (antialiasing),
-                # so a large photo is averaged down rather than sampled with aliasing.
-                image = image.resize((self.image_size, self.image_size), Image.BILINEAR)
-                pixels = np.asarray(image, dtype=np.uint8)
-        except FileNotFoundError:
-            raise DataError(f"{path}: no such image file.") from None
-        except (UnidentifiedImageError, OSError) as err:
-            raise DataError(
-                f"{path}: not a readable image ({err}); give PNG or JPEG files."
-            ) from None
-        if pixels.ndim == 2:
-            pixels = pixels[:, :, None]
-        return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
+        """One image file as uint8 [C, H, W] at the network's input size, prepared as
+        data=image_folder prepares training images (RGB, 16-bit scaled, shorter side resized
+        and centre-cropped)."""
+        if not path.is_file():
+            raise DataError(f"{path}: no such image file.")
+        pixels = torch.from_numpy(decode_image(path, self.image_size))
+        if self.channels == 1:  # ITU-R 601 luma, as Pillow's convert("L")
+            weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+            pixels = (pixels.float() * weights).sum(0, keepdim=True).round().to(torch.uint8)
+        return pixels
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:

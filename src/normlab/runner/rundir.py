@@ -8,6 +8,7 @@ in that same directory, from `checkpoints/last.ckpt` (written after every epoch)
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 from collections.abc import Mapping
@@ -71,6 +72,15 @@ def saved_config(run_dir: str | Path, key: str) -> DictConfig:
         # Saved as ${hydra:runtime.output_dir}, which would now name another directory.
         cfg.paths.output_dir = str(run_dir)
     return cfg
+
+
+def read_results(run_dir: str | Path) -> dict[str, Any]:
+    """A run's results.json as a dict; empty when it is missing or unreadable."""
+    try:
+        results = json.loads((Path(run_dir) / "results.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return results if isinstance(results, dict) else {}
 
 
 def checkpoint_path(run_dir: str | Path, which: str, key: str = "run") -> Path:

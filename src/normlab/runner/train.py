@@ -74,6 +74,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
         best = str(Path(best).relative_to(output_dir)) if best else ""
         results = collect_results(trainer, tested[0] if tested else {}, best)
+        results.update(data_record(datamodule))
         # status "diverged" (and where) when the DivergenceGuard stopped the run early.
         results.update(divergence_record(trainer))
         record_hparams(trainer.loggers, module.hparams, results, step=trainer.global_step)
@@ -131,6 +132,17 @@ def collect_results(
         "best_checkpoint": best_checkpoint,
         "history": history,
     }
+
+
+def data_record(datamodule: L.LightningDataModule) -> dict[str, Any]:
+    """What predict and the report need to know of the data without opening it again: the
+    class names (folder names for data=image_folder) and the normalization statistics the
+    run used (computed from the training images when data.mean/std are null)."""
+    transform = getattr(datamodule, "eval_transform", None)
+    record: dict[str, Any] = {"classes": [str(c) for c in getattr(datamodule, "class_names", ())]}
+    if transform is not None:
+        record["normalization"] = {"mean": list(transform.mean), "std": list(transform.std)}
+    return record
 
 
 @rank_zero_only
