@@ -18,7 +18,17 @@ _RESOLVERS = {
     "run_dir": (lambda resume, new_dir: str(resume) if resume else new_dir, False),
     # `hydra.output_subdir`: a resumed run keeps the `.hydra/` it was started with.
     "config_subdir": (lambda resume: None if resume else ".hydra", False),
+    # `${run_name:${name},${hydra.overrides.task}}`: `model=cnn_bn,seed=3` (normlab.runner.names).
+    "run_name": (lambda name, overrides: _run_name(name, overrides), False),
 }
+
+
+def _run_name(name, overrides) -> str:
+    from normlab.runner.names import run_name
+
+    return run_name(name, list(overrides or ()))
+
+
 for _name, (_resolver, _cached) in _RESOLVERS.items():
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _resolver, use_cache=_cached)

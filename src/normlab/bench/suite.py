@@ -139,9 +139,9 @@ def fit_overrides(data_root: Path, batch_size: int, out_dir: Path, sizes: Sizes)
         # `python -m normlab.bench.diagnostics`); off here so the rows measure the training
         # machinery itself.
         "callbacks/diagnostics=none",
-        f"+trainer.limit_train_batches={sizes.train_steps[batch_size]}",
-        f"+trainer.limit_val_batches={eval_batches}",
-        "+trainer.limit_test_batches=1",
+        f"trainer.limit_train_batches={sizes.train_steps[batch_size]}",
+        f"trainer.limit_val_batches={eval_batches}",
+        "trainer.limit_test_batches=1",
     ]
 
 
@@ -338,7 +338,7 @@ def measure_startup_and_memory(
             *data_overrides(data_root, 128, sizes),
             f"hydra.run.dir={workdir / f'startup_run_{repeat}'}",
             "trainer.max_epochs=1",
-            f"+trainer.limit_train_batches={sizes.memory_train_steps}",
+            f"trainer.limit_train_batches={sizes.memory_train_steps}",
             "+callbacks.bench_first_step._target_=normlab.bench.probes.FirstStepProbe",
             f"+callbacks.bench_first_step.path={probe}",
         ]

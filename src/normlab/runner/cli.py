@@ -101,6 +101,11 @@ def quiet_lightning() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropTips) for f in logger.filters):
             logger.addFilter(_DropTips())
+        # Lightning's INFO lines (GPU available, `Trainer.fit` stopped, restoring states from
+        # the checkpoint...) say what normlab's own lines already say; its warnings stay.
+        logger.setLevel(logging.WARNING)
+    # Warnings through logging: on the console as before, and in train.log as well.
+    logging.captureWarnings(True)
     # Data already sits in memory on the training device: worker processes would only copy it.
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     # Short epochs on small datasets are expected (digits: 39 batches).

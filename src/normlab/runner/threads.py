@@ -14,6 +14,10 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections.abc import Mapping
+from typing import Any
+
+from hydra.types import RunMode
 
 
 def usable_cores() -> int:
@@ -66,3 +70,44 @@ def choose_threads(
     if busy:
         reasons.append(f"{busy} busy with other processes")
     return threads, ", ".join(reasons)
+
+
+def parallel_jobs(hydra_cfg: Mapping[str, Any] | None) -> int:
+    """How many jobs of this run's sweep run at once: the joblib launcher's `n_jobs` (-1 = one
+    per core, -2 = all but one, as joblib counts), else 1 (one job at a time, or other
+    machines' cores under SLURM)."""
+    if hydra_cfg is None or hydra_cfg.get("mode") != RunMode.MULTIRUN:
+        return 1
+    launcher = hydra_cfg.get("launcher") or {}
+    if "joblib" not in str(launcher.get("_target_", "")):
+        return 1
+    n_jobs = launcher.get("n_jobs")
+    if not isinstance(n_jobs, int) or n_jobs == 0:
+        return 1
+    return max(1, n_jobs if n_jobs > 0 else usable_cores() + 1 + n_jobs)
+
+
+def threads_for_run(setting: int | None, hydra_cfg: Mapping[str, Any] | None) -> tuple[int, str]:
+    """`choose_threads` for a run of Hydra config `hydra_cfg` (None outside Hydra).
+
+    joblib's worker processes inherit an OMP_NUM_THREADS that joblib itself set (cores // n_jobs)
+    when the user had not: that one is not a user's setting, so the choice is made here, with
+    the cores other processes keep busy taken into account.
+    """
+    jobs = parallel_jobs(hydra_cfg)
+    env = os.environ.get("OMP_NUM_THREADS")
+    if setting is None and jobs > 1 and env == str(max(1, joblib_cpu_count() // jobs)):
+        del os.environ["OMP_NUM_THREADS"]
+        try:
+            return choose_threads(None, jobs)
+        finally:
+            os.environ["OMP_NUM_THREADS"] = env
+    return choose_threads(setting, jobs)
+
+
+def joblib_cpu_count() -> int:
+    try:
+        from joblib import cpu_count
+    except ImportError:
+        return os.cpu_count() or 1
+    return cpu_count()

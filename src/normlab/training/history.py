@@ -1,12 +1,14 @@
 """Per-epoch record of the logged metrics, with the epoch's wall time.
 
 `results.json` and the sweep report read the history; it is part of the checkpoint, so a
-resumed run keeps the epochs it finished before the interruption. One summary line is printed
-per epoch: readable in a terminal and in a redirected log alike.
+resumed run keeps the epochs it finished before the interruption. One summary line is logged
+per epoch (logger `normlab`, so it reaches the console and `train.log` alike; printed directly
+where logging is not set up, e.g. in a notebook), readable in a terminal and a redirected log.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
@@ -15,6 +17,8 @@ import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from tqdm import tqdm
+
+log = logging.getLogger("normlab")
 
 
 class MetricHistory(L.Callback):
@@ -43,7 +47,11 @@ class MetricHistory(L.Callback):
         row["time/epoch_s"] = elapsed
         self.epochs.append(row)
         if self.print_summary and trainer.is_global_zero:
-            tqdm.write(format_epoch(row, trainer.max_epochs))
+            line = format_epoch(row, trainer.max_epochs)
+            if logging.getLogger().hasHandlers():
+                log.info(line)
+            else:
+                tqdm.write(line)
 
     def state_dict(self) -> dict[str, Any]:
         return {"epochs": self.epochs}

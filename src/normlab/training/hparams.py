@@ -2,10 +2,16 @@
 
 Lightning records hyperparameters when `fit` starts, before any result exists; with
 `default_hp_metric: false` that writes no HParams entry at all (with it, a meaningless
-`hp_metric = -1`). So the entry is written once, when the run has ended and been tested:
-flattened hyperparameters (`model/norm/name`, `optimizer/lr`, `data/batch_size`, `seed`, ...)
-plus the run's status, and its metrics under `hparams/` (their own scalar tags, so the curves
-of `val/acc_best` and `test/acc` keep exactly the points the run logged).
+`hp_metric = -1`). So the entry is written once, when the run has ended and been tested: the
+values that define the run (the runner chooses them: `model/norm`, `optimizer/lr`, `seed`, ...)
+plus its status, and its metrics under `hparams/` (their own scalar tags, so the curves of
+`val/acc_best` and `test/acc` keep exactly the points the run logged).
+
+Only the session records are written, not the experiment record Lightning and torch add:
+TensorBoard takes one run's experiment record (whichever it reads first) as the list of
+columns for all runs, with none marked as differing, and then shows the first five by name.
+Without one, TensorBoard builds the list from all the runs shown, puts the hyperparameters
+whose values differ between them first, and displays those.
 """
 
 from __future__ import annotations
@@ -39,14 +45,27 @@ def record_hparams(
     loggers: Iterable[Logger], hparams: Mapping[str, Any], results: Mapping[str, Any], step: int
 ) -> None:
     """Write the HParams entry to every TensorBoard logger of the run."""
-    params = {**hparams, "status": results.get("status", "unknown")}
+    from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+    params = {key: _plain(value) for key, value in hparams.items()}
+    params["status"] = str(results.get("status", "unknown"))
     metrics = hparams_metrics(results)
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(params, metrics, step=step)
+            logger.log_metrics(metrics, step=step)
+            _experiment, session_start, session_end = hparams_summaries(params, metrics)
+            writer = logger.experiment._get_file_writer()
+            writer.add_summary(session_start, step)
+            writer.add_summary(session_end, step)
             # The Trainer already finalized (closed) the logger after `test`; finalize again so
             # the new entry is flushed and the file closed.
             logger.finalize("success")
+
+
+def _plain(value: Any) -> bool | int | float | str:
+    if isinstance(value, bool | int | float | str):
+        return value
+    return "none" if value is None else str(value)
 
 
 def _has(results: Mapping[str, Any], key: str) -> bool:

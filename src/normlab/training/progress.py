@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import sys
+import time
+from typing import Any
 
+import lightning as L
+import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 
@@ -13,6 +18,11 @@ class TerminalProgressBar(TQDMProgressBar):
     installed Lightning would otherwise pick its RichProgressBar, which writes nothing
     useful to a redirected log.) The per-epoch summary lines come from `MetricHistory`.
 
+    The bar counts epochs as the summary lines do (`epoch 3/20`) and shows the epoch's running
+    loss and accuracy and the time left for the whole run. The running figures are read from
+    the metric objects' sums only when the bar redraws (every `refresh_rate` batches), and only
+    this process's: no synchronization with the accelerator or other processes in between.
+
     Args:
         refresh_rate: redraw every this many batches.
         force: draw bars even when stdout is not a terminal.
@@ -20,5 +30,90 @@ class TerminalProgressBar(TQDMProgressBar):
 
     def __init__(self, refresh_rate: int = 10, force: bool = False) -> None:
         super().__init__(refresh_rate=refresh_rate)
+        self._fit_start = 0.0
+        self._batches_done = 0  # in the current epoch
         if not (force or sys.stdout.isatty()):
             self.disable()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._fit_start = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self._batches_done = 0
+        self.train_progress_bar.set_description(epoch_label(trainer))
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self._batches_done = batch_idx + 1
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        metrics: dict[str, Any] = {}
+        if self.is_disabled:
+            return metrics
+        loss = running_mean(getattr(pl_module, "train_loss", None))
+        acc = running_accuracy(getattr(pl_module, "train_acc", None))
+        if loss is not None:
+            metrics["loss"] = f"{loss:.4f}"
+        if acc is not None:
+            metrics["acc"] = f"{acc:.4f}"
+        best = trainer.callback_metrics.get("val/acc_best")
+        if best is not None:
+            metrics["val best"] = f"{float(best):.4f}"
+        eta = self._run_eta(trainer)
+        if eta is not None:
+            metrics["run eta"] = format_duration(eta)
+        return metrics
+
+    def _run_eta(self, trainer: L.Trainer) -> float | None:
+        """Seconds left for the whole run, from the pace so far (validation included)."""
+        per_epoch = self.total_train_batches
+        max_epochs = trainer.max_epochs
+        if not max_epochs or max_epochs < 0 or not per_epoch or math.isinf(per_epoch):
+            return None
+        done = trainer.current_epoch * per_epoch + self._batches_done
+        total = max_epochs * per_epoch
+        elapsed = time.perf_counter() - self._fit_start
+        if done <= 0 or elapsed <= 0:
+            return None
+        return max(0.0, elapsed * (total - done) / done)
+
+
+def epoch_label(trainer: L.Trainer) -> str:
+    """`epoch 3/20`: counted from 1, as the per-epoch summary lines count."""
+    total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+    return f"epoch {trainer.current_epoch + 1}{total}"
+
+
+def running_mean(metric: Any) -> float | None:
+    """A torchmetrics MeanMetric's value so far, from its local sums (no synchronization)."""
+    try:
+        weight = float(metric.weight)
+        return float(metric.mean_value) / weight if weight > 0 else None
+    except (AttributeError, TypeError, RuntimeError):
+        return None
+
+
+def running_accuracy(metric: Any) -> float | None:
+    """A micro-averaged MulticlassAccuracy's value so far, from its local counts."""
+    try:
+        tp, fn = torch.as_tensor(metric.tp).sum(), torch.as_tensor(metric.fn).sum()
+        total = float(tp + fn)
+        return float(tp) / total if total > 0 else None
+    except (AttributeError, TypeError, RuntimeError):
+        return None
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds + 0.5)
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"

@@ -1,0 +1,61 @@
+"""The console of a run: what a person reads, the same lines as `train.log`.
+
+conf/hydra/default.yaml plugs these into Hydra's logging: messages without timestamps on the
+console (`train.log` keeps them), written around a live progress bar instead of into it, and in
+a sweep only one line per job (the job's final figures) plus warnings and errors; each job's
+`train.log` still holds its whole story.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from tqdm import tqdm
+
+# The logger of the lines a sweep prints, one per job.
+JOB_SUMMARY = "normlab.job"
+
+
+class ConsoleFormatter(logging.Formatter):
+    """The message alone; `warning:` / `error:` in front of those."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        if record.levelno >= logging.ERROR:
+            return f"error: {message}"
+        if record.levelno >= logging.WARNING:
+            return f"warning: {message}"
+        return message
+
+
+class ConsoleHandler(logging.StreamHandler):
+    """A StreamHandler that writes through tqdm, so a line never runs into a progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except Exception:
+            self.handleError(record)
+
+
+class SweepConsole(logging.Filter):
+    """In a multirun, keep only warnings, errors and each job's summary line on the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING or not in_multirun():
+            return True
+        if record.name == JOB_SUMMARY:
+            return True
+        # Hydra's per-job "#3 : model=cnn seed=1" when jobs are launched: the job's own
+        # summary line names it when it ends.
+        return not str(record.msg).startswith("\t#")
+
+
+def in_multirun() -> bool:
+    try:
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:
+        return False

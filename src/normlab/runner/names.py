@@ -1,0 +1,110 @@
+"""A run's readable name, made of what defines it: `model=cnn_bn,seed=3`.
+
+The name is the command-line overrides that change what is trained (where things go,
+`hydra.*` and `paths.*`, and labels such as `tags` are left out), or `name=...` when given.
+It ends the run directory's name (`logs/runs/<date>_<time>_<name>_<pid>`) and names the run's
+TensorBoard folder, so TensorBoard lists runs by it. Kept to characters that are safe in file
+names and on a command line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from omegaconf import OmegaConf
+
+# Overrides that say where or how a run happens, not what it trains.
+NOT_DEFINING = ("hydra.", "hydra/", "paths.", "paths=", "callbacks.", "logger.", "logger=")
+NOT_DEFINING_KEYS = {
+    "name",
+    "task_name",
+    "tags",
+    "threads",
+    "verbose",
+    "print_config",
+    "resume",
+    "optimized_metric",
+}
+DEFAULT_NAME = "default"
+MAX_VALUE = 24  # characters of one value
+MAX_NAME = 80  # characters of the whole name
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=,+@~-]+")
+
+
+def run_name(name: str | None, overrides: Iterable[str] | None) -> str:
+    """`name` made safe for a file name, or the name made of the defining `overrides`."""
+    if name:
+        return _safe(str(name))[:MAX_NAME] or DEFAULT_NAME
+    parts = []
+    for override in overrides or ():
+        override = str(override).lstrip("+~")
+        key, _, value = override.partition("=")
+        if override.startswith(NOT_DEFINING) or key in NOT_DEFINING_KEYS:
+            continue
+        if "/" in value:  # a path: its last part says which
+            value = value.rstrip("/").rsplit("/", 1)[-1]
+        value = value.strip("'\"[]")
+        if len(value) > MAX_VALUE:
+            value = value[: MAX_VALUE - 1] + "~"
+        parts.append(f"{key.replace('/', '.')}={value}" if value else key)
+    joined = _safe(",".join(parts))
+    if len(joined) > MAX_NAME:
+        joined = joined[: MAX_NAME - 1].rstrip(",") + "~"
+    return joined or DEFAULT_NAME
+
+
+def _safe(text: str) -> str:
+    return _UNSAFE.sub("-", text).strip("-.")
+
+
+def defining_hparams(
+    cfg: Any, name: str, overrides: Iterable[str], choices: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The values that define a run, for TensorBoard's HParams: which model, norm, dropout,
+    data, optimizer and schedule (the config choices, e.g. `model/norm: group`), the numbers a
+    study varies (lr, weight decay, batch size, dropout p, seed, epochs), the tags, and every
+    key the command line set. Constants such as the eval batch size and paths are left out.
+
+    TensorBoard sorts the HParams columns by name, the ones whose values differ between the
+    runs shown first, and displays the first five: a sweep's varied keys are what one sees.
+    """
+    choices = dict(choices or {})
+
+    def choice(group: str, node: Any) -> str | None:
+        if choices.get(group):
+            return str(choices[group])
+        target = node.get("_target_") if isinstance(node, Mapping) else None
+        return str(target).rsplit(".", 1)[-1] if target else None
+
+    def select(key: str) -> Any:
+        return OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+
+    params: dict[str, Any] = {
+        "data": choice("data", select("data")),
+        "data/batch_size": select("data.batch_size"),
+        "model": choice("model", select("model")),
+        "model/norm": choice("model/norm", select("model.norm")),
+        "model/dropout": choice("model/dropout", select("model.dropout")),
+        "model/dropout/p": select("model.dropout.p"),
+        "optimizer": choice("optimizer", select("optimizer")),
+        "optimizer/lr": select("optimizer.lr"),
+        "optimizer/weight_decay": select("optimizer.weight_decay"),
+        "scheduler": choice("scheduler", select("scheduler")) or "none",
+        "seed": select("seed"),
+        "trainer/max_epochs": select("trainer.max_epochs"),
+        "tags": ",".join(str(t) for t in (select("tags") or [])),
+        "name": name,
+    }
+    for override in overrides:
+        key = str(override).lstrip("+~").partition("=")[0]
+        if str(override).startswith(NOT_DEFINING) or key in NOT_DEFINING_KEYS:
+            continue
+        if key in choices:  # a group: experiment=..., model/norm=...
+            params.setdefault(key, str(choices[key]))
+            continue
+        value = select(key)
+        if not OmegaConf.is_config(value):
+            params.setdefault(key.replace(".", "/"), value)
+    return {key: value for key, value in params.items() if value is not None}
