@@ -103,6 +103,13 @@ def run_cli(
     )
 
 
+def tensorboard_dir(run_dir: Path) -> Path:
+    """The run's TensorBoard folder: `<run dir>/tensorboard/<run name>`."""
+    folders = [p for p in (run_dir / "tensorboard").iterdir() if p.is_dir()]
+    assert len(folders) == 1, folders
+    return folders[0]
+
+
 def run_train(*overrides: str, run_dir: Path, timeout: float = 300, env: dict | None = None):
     """`python train.py <overrides>` writing into `run_dir`; returns (process, results or None)."""
     proc = run_cli(

@@ -128,7 +128,7 @@ def test_history_keeps_every_epoch_after_testing_the_best_checkpoint(tmp_path):
 def test_diverging_run_with_every_step_diagnosed_ends_diverged_not_crashed(tmp_path):
     """A diverged network's statistics (NaN, inf, 1e30) cannot go into TensorBoard's
     histogram buckets; the diagnostics must skip those values, not fail the run."""
-    from conftest import run_train
+    from conftest import run_train, tensorboard_dir
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_dir = tmp_path / "run"
@@ -139,6 +139,6 @@ def test_diverging_run_with_every_step_diagnosed_ends_diverged_not_crashed(tmp_p
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert results["status"] == "diverged"
-    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events = EventAccumulator(str(tensorboard_dir(run_dir)))
     events.Reload()
     assert any(tag.startswith("grad_norm/") for tag in events.Tags()["scalars"])

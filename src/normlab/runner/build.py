@@ -15,11 +15,11 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from normlab.training import ImageClassifier
+from normlab.training import ImageClassifier, TerminalProgressBar
 from normlab.training.checkpoints import AtomicCheckpointIO
 
 
@@ -82,6 +82,10 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     callbacks = instantiate_all(cfg.get("callbacks"))
     if not loggers:  # logger=none: Lightning refuses a LearningRateMonitor with nowhere to log
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
+    if not any(isinstance(cb, ProgressBar) for cb in callbacks):
+        # callbacks=none: Lightning would pick RichProgressBar when rich is installed, which
+        # writes nothing useful into a redirected log.
+        callbacks.append(TerminalProgressBar())
     return instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )

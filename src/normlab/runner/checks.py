@@ -269,7 +269,10 @@ def accepted_parameters(path: str, target: str) -> set[str] | None:
 
 def unknown_key_message(key: str, candidates: Iterable[str], owner: str = "") -> str:
     parent, _, leaf = key.rpartition(".")
-    match = difflib.get_close_matches(leaf, sorted(candidates), n=1, cutoff=0.6)
+    candidates = sorted(candidates)
+    alias = KEY_ALIASES.get(key) if not parent else None
+    match = [alias] if alias in candidates else []
+    match = match or difflib.get_close_matches(leaf, candidates, n=1, cutoff=0.6)
     where = f" ({owner})" if owner else ""
     hint = f"did you mean {parent + '.' if parent else ''}{match[0]}?" if match else ""
     return (
@@ -295,11 +298,16 @@ def unknown_override_hints(overrides: list[str], config_dir: Path, config_name: 
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception:
         return []  # Hydra has already explained a malformed override
-    groups = [
-        o.input_line
-        for o in parsed
-        if not o.is_sweep_override() and (config_dir / o.key_or_group).is_dir()
-    ]
+    hints = []
+    groups = []
+    for o in parsed:
+        if o.is_sweep_override() or not (config_dir / o.key_or_group).is_dir():
+            continue
+        hint = unknown_option_hint(o.key_or_group, o.value(), config_dir)
+        if hint:
+            hints.append(hint)
+        else:
+            groups.append(o.input_line)
     plain = [
         o.key_or_group
         for o in parsed
@@ -307,16 +315,15 @@ def unknown_override_hints(overrides: list[str], config_dir: Path, config_name: 
         and not (config_dir / o.key_or_group).is_dir()
     ]
     if not plain:
-        return []
+        return hints
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             cfg = compose(config_name, overrides=groups)
     except Exception:
-        return []
+        return hints
     finally:
         GlobalHydra.instance().clear()
-    hints = []
     for key in plain:
         parts = key.split(".")
         node: Any = cfg
@@ -331,6 +338,36 @@ def unknown_override_hints(overrides: list[str], config_dir: Path, config_name: 
                 break
             node = node[part]
     return hints
+
+
+# Option names lightning-hydra-template users type, and normlab's own.
+OPTION_ALIASES = {
+    "debug": {"profiler": "profile", "default": "fast", "fdr": "fast", "limit": "fast"},
+    "logger": {"many_loggers": "many", "tensorboard_csv": "many"},
+    "trainer": {"ddp_sim": "ddp_cpu", "mps": "gpu"},
+    "callbacks": {"null": "none"},
+}
+# Top-level keys of lightning-hydra-template that normlab names otherwise.
+KEY_ALIASES = {"task_name": "name"}
+
+
+def unknown_option_hint(group: str, value: Any, config_dir: Path) -> str | None:
+    """`debug=profiler is not an option of debug; did you mean debug=profile?`, or None when
+    `value` is one of the group's options (or not a plain name)."""
+    if not isinstance(value, str):
+        return None
+    options = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+    if value in options:
+        return None
+    match = OPTION_ALIASES.get(group, {}).get(value)
+    if match not in options:
+        close = difflib.get_close_matches(value, options, n=1, cutoff=0.6)
+        match = close[0] if close else None
+    hint = f"did you mean {group}={match}? " if match else ""
+    return (
+        f"{group}={value} is not an option of {group}; {hint}"
+        f"The options: {', '.join(options)} (files in conf/{group}/)."
+    )
 
 
 def check_paths(run_dir: str | Path, data_root: str | Path | None) -> None:

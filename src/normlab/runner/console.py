@@ -45,13 +45,16 @@ class SweepConsole(logging.Filter):
     """In a multirun, keep only warnings, errors and each job's summary line on the console."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING or not in_multirun():
+        if record.levelno >= logging.WARNING:
             return True
-        if record.name == JOB_SUMMARY:
+        if record.name.startswith("hydra") and str(record.msg).startswith("\t#"):
+            # The launchers' "#3 : model=cnn seed=1" as each job starts (a sweep is the only
+            # place they occur): the job's summary line names it when it ends.
+            return False
+        if not in_multirun():
             return True
-        # Hydra's per-job "#3 : model=cnn seed=1" when jobs are launched: the job's own
-        # summary line names it when it ends.
-        return not str(record.msg).startswith("\t#")
+        # Hydra's own lines ("Launching 4 jobs", the sweep report) and the jobs' summaries.
+        return record.name == JOB_SUMMARY or record.name.startswith("hydra")
 
 
 def in_multirun() -> bool:

@@ -18,7 +18,6 @@ import lightning as L
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import MissingMandatoryValue
 
 from normlab.errors import ConfigError
 from normlab.files import write_json
@@ -27,6 +26,7 @@ from normlab.runner.checks import network_error
 from normlab.runner.cli import quiet_lightning
 from normlab.runner.rundir import (
     CHECKPOINTS,
+    CONFIG,
     check_architecture,
     checkpoint_path,
     load_checkpoint,
@@ -37,7 +37,7 @@ from normlab.training import TerminalProgressBar
 log = logging.getLogger("normlab")
 
 # Keys of conf/eval.yaml itself; every other override is meant for the run's config.
-EVAL_KEYS = ("run", "which")
+EVAL_KEYS = ("run", "which", "ckpt_path")
 _ABSENT = object()
 
 
@@ -79,16 +79,35 @@ def evaluate(eval_cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, A
     """
     started = time.perf_counter()
     quiet_lightning()
-    try:
-        run_dir = Path(eval_cfg.run)
-    except MissingMandatoryValue:
-        raise ConfigError(
-            "eval.py needs the run to test: python eval.py run=<run dir>, "
-            "e.g. run=logs/runs/2026-01-31_12-00-00_1234 (add which=last for the last epoch)."
-        ) from None
     which = str(eval_cfg.get("which", "best"))
-    cfg = saved_config(run_dir, "run")
-    ckpt = checkpoint_path(run_dir, which)
+    ckpt_file = eval_cfg.get("ckpt_path")
+    if ckpt_file:
+        # <run dir>/checkpoints/<file>.ckpt: the run's config is two folders up.
+        ckpt = Path(str(ckpt_file)).expanduser()
+        if not ckpt.is_file():
+            raise ConfigError(
+                f"ckpt_path={ckpt_file}: no such file. Give a checkpoint of a training run, "
+                "e.g. ckpt_path=logs/runs/<run>/checkpoints/best.ckpt, or the run: run=<run dir>."
+            )
+        run_dir = Path(eval_cfg.get("run") or ckpt.resolve().parent.parent)
+        if not (run_dir / CONFIG).is_file():
+            raise ConfigError(
+                f"ckpt_path={ckpt_file}: its run's config ({run_dir / CONFIG}) is missing, so "
+                "the network and data it was trained with are unknown. Pass a checkpoint from a "
+                "run's checkpoints/ folder, or name the run too: run=<run dir>."
+            )
+        cfg = saved_config(run_dir, "run")
+        which = ckpt.stem
+    else:
+        if not eval_cfg.get("run"):
+            raise ConfigError(
+                "eval.py needs the run to test: python eval.py run=<run dir>, "
+                "e.g. run=logs/runs/2026-01-31_12-00-00_1234 (add which=last for the last "
+                "epoch), or a checkpoint file: ckpt_path=<run dir>/checkpoints/best.ckpt."
+            )
+        run_dir = Path(eval_cfg.run)
+        cfg = saved_config(run_dir, "run")
+        ckpt = checkpoint_path(run_dir, which)
     apply_overrides(cfg, eval_cfg, overrides)
     L.seed_everything(cfg.seed, verbose=False)
     try:
@@ -113,7 +132,7 @@ def evaluate(eval_cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, A
     result: dict[str, Any] = {
         "run": str(run_dir),
         "which": which,
-        "checkpoint": str(CHECKPOINTS[which]),
+        "checkpoint": str(CHECKPOINTS[which]) if which in CHECKPOINTS else str(ckpt),
         "test_acc": metrics.get("test/acc"),
         "test_loss": metrics.get("test/loss"),
         "test_batches": int(sum(trainer.num_test_batches)),

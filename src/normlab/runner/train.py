@@ -132,9 +132,13 @@ def final_summary(results: Mapping[str, Any]) -> str:
     status = results.get("status", "completed")
     return (
         f"val acc best {num('val_acc_best')}, test acc {num('test_acc')} "
-        f"({results.get('epochs_completed', 0)} epochs, {results.get('wall_s', 0):.1f} s)"
+        f"({plural(results.get('epochs_completed', 0), 'epoch')}, {results.get('wall_s', 0):.1f} s)"
         + ("" if status == "completed" else f", {status}")
     )
+
+
+def plural(count: Any, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def collect_results(
@@ -207,13 +211,13 @@ def announce(
         f" p={p}" if p is not None and dropout != "none" else "",
     )
     log.info(
-        "data %s, batch %s; %s lr %s, schedule %s; %s epochs on %s",
+        "data %s, batch %s; %s lr %s, schedule %s; %s on %s",
         choice("data", cfg.data),
         cfg.data.get("batch_size"),
         choice("optimizer", cfg.optimizer),
         cfg.optimizer.get("lr"),
         choice("scheduler", cfg.get("scheduler")),
-        cfg.trainer.get("max_epochs"),
+        plural(cfg.trainer.get("max_epochs"), "epoch"),
         device,
     )
 
