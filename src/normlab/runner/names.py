@@ -29,7 +29,7 @@ NOT_DEFINING_KEYS = {
 }
 DEFAULT_NAME = "default"
 MAX_VALUE = 24  # characters of one value
-MAX_NAME = 80  # characters of the whole name
+MAX_NAME = 120  # characters of the whole name (file names allow 255)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+@~-]+")
 
 
