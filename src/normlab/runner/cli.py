@@ -83,9 +83,23 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+# Lightning's INFO lines that say what normlab's own lines already say (the device, the end
+# of fit, the checkpoint tested), or advertise.
+_CHATTER = (
+    "💡 Tip",
+    "GPU available:",
+    "TPU available:",
+    "HPU available:",
+    "Loading `train_dataloader` to estimate",
+    "`Trainer.fit` stopped:",
+    "Restoring states from the checkpoint",
+    "Loaded model weights from the checkpoint",
+)
+
+
 class _DropTips(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
+        return not str(record.msg).startswith(_CHATTER)
 
 
 def quiet_lightning() -> None:
@@ -101,9 +115,6 @@ def quiet_lightning() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropTips) for f in logger.filters):
             logger.addFilter(_DropTips())
-        # Lightning's INFO lines (GPU available, `Trainer.fit` stopped, restoring states from
-        # the checkpoint...) say what normlab's own lines already say; its warnings stay.
-        logger.setLevel(logging.WARNING)
     # Warnings through logging: on the console as before, and in train.log as well.
     logging.captureWarnings(True)
     # Data already sits in memory on the training device: worker processes would only copy it.

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 # results.json keys shown as HParams metrics.
 METRIC_KEYS = (
@@ -41,6 +42,7 @@ def hparams_metrics(results: Mapping[str, Any]) -> dict[str, float]:
     return metrics
 
 
+@rank_zero_only
 def record_hparams(
     loggers: Iterable[Logger], hparams: Mapping[str, Any], results: Mapping[str, Any], step: int
 ) -> None:
