@@ -69,21 +69,31 @@ def test_threads_setting_overrides_and_single_runs_use_all_free_cores(quiet_mach
 
 
 def test_run_names_come_from_the_defining_overrides():
-    assert run_name(None, ["model=cnn_bn", "seed=3"]) == "model=cnn_bn,seed=3"
+    assert run_name(None, ["model=cnn_bn", "seed=3"]) == "model-cnn_bn+seed-3"
     assert run_name(None, ["hydra.run.dir=/x", "paths.data_dir=/d", "tags=[a,b]"]) == "default"
     assert run_name(None, ["model/norm=group", "data.root=/very/long/path/to/images"]) == (
-        "model.norm=group,data.root=images"
+        "model.norm-group+data.root-images"
     )
     assert run_name("my study/1", ["seed=3"]) == "my-study-1"
     long = run_name(None, [f"key{i}=value{i}" for i in range(30)])
-    assert len(long) <= 120 and long.endswith("~")
+    assert len(long) <= 120 and long.endswith("..")
+
+
+def test_run_directories_pass_back_as_hydra_overrides():
+    """`eval.py run=<run dir>` and `resume=<run dir>`: nothing in a name is Hydra syntax."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for overrides in (["model=cnn,cnn_bn"], ["compile={mode:x}", "tags=[a,b]"], ["lr=1e-3"]):
+        run_dir = f"logs/runs/2026-01-31_12-00-00_{run_name(None, overrides)}_123"
+        (parsed,) = OverridesParser.create().parse_overrides([f"run={run_dir}"])
+        assert parsed.value() == run_dir
 
 
 def test_run_directory_ends_with_the_name_and_the_process_id():
     cfg = compose_config(["model=cnn_bn", "seed=3"], output_dir=Path("/tmp/nl-test"))
     GlobalHydra.instance().clear()
     run_dir = Path(cfg.hydra.run.dir).name
-    assert run_dir.endswith("_model=cnn_bn,seed=3_" + run_dir.rsplit("_", 1)[1])
+    assert run_dir.endswith("_model-cnn_bn+seed-3_" + run_dir.rsplit("_", 1)[1])
     assert run_dir.rsplit("_", 1)[1].isdigit()
     assert compose_config(["name=baseline"]).logger.tensorboard.version == "baseline"
 
@@ -92,7 +102,7 @@ def test_hparams_hold_the_defining_values_not_constants():
     overrides = ["model=cnn_bn", "optimizer.momentum=0.5", "tags=[a,b]"]
     cfg = compose_config(overrides)
     choices = {"model": "cnn_bn", "model/norm": "batch", "model/dropout": "none", "data": "cifar10"}
-    hparams = defining_hparams(cfg, "model=cnn_bn", overrides, choices)
+    hparams = defining_hparams(cfg, "model-cnn_bn", overrides, choices)
     assert hparams["model"] == "cnn_bn" and hparams["model/norm"] == "batch"
     assert hparams["optimizer/lr"] == cfg.optimizer.lr and hparams["seed"] == 0
     assert hparams["optimizer/momentum"] == 0.5  # a key the command line set
@@ -172,7 +182,7 @@ def test_a_short_run_prints_a_short_console_that_train_log_holds(tmp_path):
     log = (run_dir / "train.log").read_text()
     for line in lines:
         assert line in log, line  # train.log holds everything the console shows
-    name = "data=digits,trainer.max_epochs=2,trainer.gradient_clip_val=0.5"
+    name = "data-digits+trainer.max_epochs-2+trainer.gradient_clip_val-0.5"
     assert results["name"] == name and results["tags"] == ["smoke"] and results["threads"] == 1
     assert tensorboard_dir(run_dir).name == name
 
@@ -197,8 +207,8 @@ def test_a_sweep_prints_one_line_per_job_and_callbacks_none_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = [line for line in proc.stdout.splitlines() if line.startswith("#")]
     assert [line.split(":")[0] for line in jobs] == [
-        "#0 data=digits,trainer.max_epochs=1,trainer.limit_train_batches=5,callbacks=default",
-        "#1 data=digits,trainer.max_epochs=1,trainer.limit_train_batches=5,callbacks=none",
+        "#0 data-digits+trainer.max_epochs-1+trainer.limit_train_batches-5+callbacks-default",
+        "#1 data-digits+trainer.max_epochs-1+trainer.limit_train_batches-5+callbacks-none",
     ]
     # the per-epoch lines stay in each job's train.log
     assert "epoch 1/1" not in proc.stdout

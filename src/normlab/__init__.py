@@ -22,7 +22,7 @@ _RESOLVERS = {
     "run_dir": (lambda resume, new_dir: str(resume) if resume else new_dir, False),
     # `hydra.output_subdir`: a resumed run keeps the `.hydra/` it was started with.
     "config_subdir": (lambda resume: None if resume else ".hydra", False),
-    # `${run_name:${name},${hydra.overrides.task}}`: `model=cnn_bn,seed=3` (normlab.runner.names).
+    # `${run_name:${name},${hydra.overrides.task}}`: `model-cnn_bn+seed-3` (normlab.runner.names).
     "run_name": (lambda name, overrides: _run_name(name, overrides), False),
 }
 

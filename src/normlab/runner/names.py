@@ -1,10 +1,12 @@
-"""A run's readable name, made of what defines it: `model=cnn_bn,seed=3`.
+"""A run's readable name, made of what defines it: `model-cnn_bn+seed-3` (for `model=cnn_bn
+seed=3`).
 
 The name is the command-line overrides that change what is trained (where things go,
 `hydra.*` and `paths.*`, and labels such as `tags` are left out), or `name=...` when given.
 It ends the run directory's name (`logs/runs/<date>_<time>_<name>_<pid>`) and names the run's
 TensorBoard folder, so TensorBoard lists runs by it. Kept to characters that are safe in file
-names and on a command line.
+names, in a shell and in a Hydra override (`eval.py run=<run dir>`, `resume=<run dir>`: `=`
+and `,` there would be read as Hydra syntax), hence `key-value` items joined by `+`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ NOT_DEFINING_KEYS = {
 DEFAULT_NAME = "default"
 MAX_VALUE = 24  # characters of one value
 MAX_NAME = 120  # characters of the whole name (file names allow 255)
-_UNSAFE = re.compile(r"[^A-Za-z0-9._=,+@~-]+")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+@-]+")
 
 
 def run_name(name: str | None, overrides: Iterable[str] | None) -> str:
@@ -47,16 +49,16 @@ def run_name(name: str | None, overrides: Iterable[str] | None) -> str:
             value = value.rstrip("/").rsplit("/", 1)[-1]
         value = value.strip("'\"[]")
         if len(value) > MAX_VALUE:
-            value = value[: MAX_VALUE - 1] + "~"
-        parts.append(f"{key.replace('/', '.')}={value}" if value else key)
-    joined = _safe(",".join(parts))
+            value = value[: MAX_VALUE - 2] + ".."
+        parts.append(f"{key.replace('/', '.')}-{_safe(value)}" if value else key)
+    joined = _safe("+".join(parts))
     if len(joined) > MAX_NAME:
-        joined = joined[: MAX_NAME - 1].rstrip(",") + "~"
+        joined = joined[: MAX_NAME - 2].rstrip("+") + ".."
     return joined or DEFAULT_NAME
 
 
 def _safe(text: str) -> str:
-    return _UNSAFE.sub("-", text).strip("-.")
+    return _UNSAFE.sub("-", text).strip("-+")
 
 
 def defining_hparams(
