@@ -154,7 +154,8 @@ def test_same_config_and_seed_give_identical_runs(runs):
 @pytest.mark.slow
 def test_runs_started_in_the_same_second_get_their_own_directories(runs, compose_cfg):
     default = compose_cfg().hydra.run._get_node("dir")._value()
-    assert default.endswith("${now:%Y-%m-%d_%H-%M-%S}_${pid:}}"), default
+    # <date>_<time>_<run name>_<pid>
+    assert "${now:%Y-%m-%d_%H-%M-%S}_${run_name:" in default and default.endswith("_${pid:}}")
     first, second = runs["uninterrupted"]
     assert first.name.startswith(SAME_SECOND) and second.name.startswith(SAME_SECOND)
     assert first != second

@@ -354,8 +354,8 @@ KEY_ALIASES = {"task_name": "name"}
 def unknown_option_hint(group: str, value: Any, config_dir: Path) -> str | None:
     """`debug=profiler is not an option of debug; did you mean debug=profile?`, or None when
     `value` is one of the group's options (or not a plain name)."""
-    if not isinstance(value, str):
-        return None
+    if not isinstance(value, str) or group.startswith("hydra"):
+        return None  # Hydra's groups also hold its plugins' options (hydra/launcher=joblib)
     options = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
     if value in options:
         return None

@@ -20,24 +20,30 @@ class TerminalProgressBar(TQDMProgressBar):
 
     The bar counts epochs as the summary lines do (`epoch 3/20`) and shows the epoch's running
     loss and accuracy and the time left for the whole run. The running figures are read from
-    the metric objects' sums only when the bar redraws (every `refresh_rate` batches), and only
-    this process's: no synchronization with the accelerator or other processes in between.
+    this process's metric sums (no synchronization with other processes) at most once every
+    `READ_EVERY_S` seconds within an epoch, and when the epoch's training or validation ends:
+    reading a number off a GPU waits for it, and that must not happen at every step.
 
     Args:
         refresh_rate: redraw every this many batches.
         force: draw bars even when stdout is not a terminal.
     """
 
+    READ_EVERY_S = 2.0
+
     def __init__(self, refresh_rate: int = 10, force: bool = False) -> None:
         super().__init__(refresh_rate=refresh_rate)
         self._fit_start = 0.0
         self._batches_done = 0  # in the current epoch
+        self._in_batch = False
+        self._read_at = 0.0
+        self._shown: dict[str, str] = {}
         if not (force or sys.stdout.isatty()):
             self.disable()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
-        self._fit_start = time.perf_counter()
+        self._fit_start = self._read_at = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
         super().on_train_epoch_start(trainer, *args)
@@ -53,12 +59,27 @@ class TerminalProgressBar(TQDMProgressBar):
         batch_idx: int,
     ) -> None:
         self._batches_done = batch_idx + 1
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self._in_batch = True
+        try:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        finally:
+            self._in_batch = False
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-        metrics: dict[str, Any] = {}
         if self.is_disabled:
-            return metrics
+            return {}
+        now = time.perf_counter()
+        if not self._in_batch or now - self._read_at >= self.READ_EVERY_S:
+            self._shown = self._read_metrics(trainer, pl_module)
+            self._read_at = now
+        metrics: dict[str, Any] = dict(self._shown)
+        eta = self._run_eta(trainer)
+        if eta is not None:
+            metrics["run eta"] = format_duration(eta)
+        return metrics
+
+    def _read_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, str]:
+        metrics: dict[str, str] = {}
         loss = running_mean(getattr(pl_module, "train_loss", None))
         acc = running_accuracy(getattr(pl_module, "train_acc", None))
         if loss is not None:
@@ -68,9 +89,6 @@ class TerminalProgressBar(TQDMProgressBar):
         best = trainer.callback_metrics.get("val/acc_best")
         if best is not None:
             metrics["val best"] = f"{float(best):.4f}"
-        eta = self._run_eta(trainer)
-        if eta is not None:
-            metrics["run eta"] = format_duration(eta)
         return metrics
 
     def _run_eta(self, trainer: L.Trainer) -> float | None:
