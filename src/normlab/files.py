@@ -2,19 +2,55 @@
 
 Results, reports and checkpoints are read while runs are still going (the sweep report, a
 user's `cat results.json`) and must survive a process killed mid-write. Each is written to a
-temporary file in the same folder (so the final rename stays on one file system), flushed to
-disk, then renamed over the target in one step.
+temporary file in the same folder (so the final rename stays on one file system, whatever
+`$TMPDIR` is), flushed to disk, then renamed over the target in one step. A full disk is
+reported as a DiskFullError naming the folder; the previous version of the file stays.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import math
 import os
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
+
+from normlab.errors import NormlabError
+
+
+class DiskFullError(NormlabError):
+    """No space left on the device that holds a run's folder."""
+
+
+def disk_full(folder: str | Path, what: str = "") -> DiskFullError:
+    folder = Path(folder)
+    try:
+        free = os.statvfs(folder if folder.exists() else folder.parent).f_bavail
+        free *= os.statvfs(folder if folder.exists() else folder.parent).f_frsize
+        left = f" ({free / 2**20:.1f} MiB free)"
+    except OSError:
+        left = ""
+    return DiskFullError(
+        f"no space left on the device holding {folder}{left}{': ' + what if what else ''}. "
+        "Free some space (a run needs a few MB for its checkpoints and logs, more for "
+        "CIFAR-10 data) or point paths.log_dir at another disk; files already complete "
+        "there were kept."
+    )
+
+
+@contextlib.contextmanager
+def reraise_disk_full(folder: str | Path, what: str = "") -> Iterator[None]:
+    """Turn OSError ENOSPC (and EDQUOT) inside the block into a DiskFullError naming `folder`."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full(folder, what) from None
+        raise
 
 
 @contextlib.contextmanager
@@ -23,15 +59,58 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(tmp, mode, **kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with reraise_disk_full(path.parent, f"could not write {path.name}"):
+            with open(tmp, mode, **kwargs) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def finite(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by None (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # a numpy or torch scalar
+        return finite(value.item())
+    return value
+
+
+def to_json(data: Mapping[str, Any]) -> str:
+    """Strict JSON (null, never NaN or Infinity), indented."""
+    return json.dumps(finite(data), indent=2, default=str, allow_nan=False) + "\n"
 
 
 def write_json(path: str | Path, data: Mapping[str, Any]) -> None:
+    text = to_json(data)
     with atomic_open(path) as f:
-        f.write(json.dumps(data, indent=2, default=str) + "\n")
+        f.write(text)
+
+
+# The lock a process holds on the run (or sweep) directory it writes (normlab.runner.rundir).
+LOCK = ".normlab.lock"
+
+
+def folder_in_use(folder: str | Path) -> bool:
+    """Whether another process holds `folder`'s lock (a run still going)."""
+    from filelock import FileLock, Timeout
+
+    path = Path(folder) / LOCK
+    if not path.exists():
+        return False
+    lock = FileLock(path, blocking=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        return True
+    except OSError:
+        return False
+    lock.release()
+    return False
