@@ -53,6 +53,26 @@ def reraise_disk_full(folder: str | Path, what: str = "") -> Iterator[None]:
         raise
 
 
+# Fault injection for the tests (tests/test_faults.py): NORMLAB_FAULT=<file name>:<n>:<phase>
+# kills this process with SIGKILL the n-th time it writes that file, at that phase ("opened":
+# temporary file created; "written": complete but not renamed; "renamed": in place).
+_FAULT = os.environ.get("NORMLAB_FAULT", "")
+_writes: dict[str, int] = {}
+
+
+def _fault_point(path: Path, phase: str) -> None:
+    name, _, rest = _FAULT.partition(":")
+    count, _, at = rest.partition(":")
+    if name != path.name:
+        return
+    if phase == "opened":
+        _writes[name] = _writes.get(name, 0) + 1
+    if at == phase and _writes.get(name) == int(count):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
     """Open a temporary file that replaces `path` when the block ends without an error."""
@@ -61,10 +81,16 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
     try:
         with reraise_disk_full(path.parent, f"could not write {path.name}"):
             with open(tmp, mode, **kwargs) as f:
+                if _FAULT:
+                    _fault_point(path, "opened")
                 yield f
                 f.flush()
                 os.fsync(f.fileno())
+            if _FAULT:
+                _fault_point(path, "written")
             os.replace(tmp, path)
+            if _FAULT:
+                _fault_point(path, "renamed")
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)

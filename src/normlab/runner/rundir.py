@@ -540,3 +540,8 @@ def claim_run_dir(run_dir: str | Path, resumed: bool, key: str = "hydra.run.dir"
     except ConfigError:
         release_folder(run_dir)
         raise
+    # Temporary files of writes a crash cut short (normlab.files.atomic_open): with the lock
+    # held, no other process is writing them.
+    for stale in (*run_dir.glob(".*.tmp"), *run_dir.glob("checkpoints/.*.tmp")):
+        if re.fullmatch(r"\..+\.[0-9a-f]{8}\.tmp", stale.name):
+            stale.unlink(missing_ok=True)
