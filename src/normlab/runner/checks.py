@@ -175,7 +175,7 @@ def check_values(cfg: DictConfig) -> None:
     lr = OmegaConf.select(cfg, "optimizer.lr")
     if not is_number(lr) or not math.isfinite(lr) or lr <= 0:
         raise ConfigError(
-            f"optimizer.lr={lr!r}: the learning rate must be a positive finite number, "
+            f"optimizer.lr={lr!r}: the learning rate must be a positive number (finite), "
             "e.g. optimizer.lr=0.05 (SGD) or optimizer.lr=1e-3 (AdamW)."
         )
     seed = cfg.get("seed")
