@@ -380,9 +380,7 @@ class Preflight(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         with exit_before_the_run():
-            plan = plan_run(config, list(config.hydra.overrides.task))
-            check_paths(config.hydra.run.dir, OmegaConf.select(plan.config, "data.root"))
-            check_run(plan, launcher=launcher_target(config.hydra))
+            check_single_run(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         with exit_before_the_run():
@@ -393,6 +391,14 @@ class Preflight(Callback):
                 )
             check_paths(config.hydra.sweep.dir, None)
             check_distributed(config, multirun=True, launcher=launcher_target(config.hydra))
+
+
+def check_single_run(config: DictConfig) -> None:
+    """The checks before a single run (the composed config with its `hydra` node); raises
+    NormlabError. `Preflight` runs them for train.py, `normlab.train` before it starts Hydra."""
+    plan = plan_run(config, list(config.hydra.overrides.task))
+    check_paths(config.hydra.run.dir, OmegaConf.select(plan.config, "data.root"))
+    check_run(plan, launcher=launcher_target(config.hydra))
 
 
 def checked_by_preflight() -> bool:
