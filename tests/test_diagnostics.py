@@ -314,7 +314,7 @@ def test_diagnostics_are_on_by_default_and_can_be_tuned_or_switched_off(compose_
         return [c for c in callbacks if isinstance(c, NetworkDiagnostics)]
 
     (default,) = diagnostics([])
-    assert default.every_n_steps == 50 and default.every_n_epochs == 1
+    assert default.every_n_steps == 50 and default.every_n_epochs == 5
     (tuned,) = diagnostics(["callbacks.diagnostics.every_n_steps=7"])
     assert tuned.every_n_steps == 7
     assert diagnostics(["callbacks/diagnostics=none"]) == []

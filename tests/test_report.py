@@ -17,8 +17,9 @@ from matplotlib.image import imread
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-from normlab.report import write_report
+from normlab.report import load_sweep, plots, write_report
 from normlab.report.__main__ import main as report_main
+from normlab.report.numbers import format_number, short_forms
 
 REPORT_FILES = ("summary.csv", "summary.md", "val_acc_curves.png", "final_accuracy.png")
 
@@ -193,7 +194,8 @@ def test_hparams_tab_holds_each_runs_real_hyperparameters_and_metrics(lesson_swe
         assert hparams["seed"] == float(override(res, "seed"))
         assert hparams["optimizer/lr"] == pytest.approx(0.001)  # the lesson's recipe
         assert hparams["data/batch_size"] == 4
-        assert hparams["model/dropout/p"] == 0.0 and hparams["model/dropout/placement"] == "head"
+        # experiment=seed_lesson sets the lesson's rate for every model; nn.Identity ignores it
+        assert hparams["model/dropout/p"] == 0.5 and hparams["model/dropout/placement"] == "head"
         assert hparams["status"] == "completed"
         assert {"hparams/val_acc_best", "hparams/test_acc", "hparams/train_val_gap"} <= set(
             metric_tags
@@ -245,3 +247,61 @@ def test_sweep_with_a_failed_and_a_diverged_job_still_reports_every_job(tmp_path
     for name in (*REPORT_FILES[2:], "accuracy_vs_optimizer.lr.png"):
         assert_png(sweep_dir / name)
     assert not list(sweep_dir.glob("*.lock")) and not list(sweep_dir.glob(".*.tmp"))
+
+
+def test_numbers_read_as_people_write_them():
+    assert format_number(0.0031622776601683794) == "0.00316"
+    assert format_number(0.001) == "1e-3" and format_number("3e-4") == "3e-4"
+    assert format_number(0.01) == "0.01" and format_number(0.23745812) == "0.237"
+    assert format_number(1e-5) == "1e-5" and format_number(-0.00012345) == "-1.23e-4"
+    assert format_number(12345.678) == "1.23e4" and format_number(100000.0) == "1e5"
+    assert format_number(128) == "128" and format_number("1000") == "1000"
+    assert format_number("cnn_bn") == "cnn_bn" and format_number("nan") == "nan"
+    # different numbers keep different labels: digits are added where 3 would merge them
+    assert short_forms(["0.0031622776601683794", "0.0031601", "cnn"]) == {
+        "0.0031622776601683794": "0.003162", "0.0031601": "0.00316", "cnn": "cnn",
+    }  # fmt: skip
+
+
+def test_report_of_an_optuna_like_sweep_shows_short_numbers(tmp_path):
+    """Learning rates and dropout rates with 16 digits: summary.md, the plot labels and the
+    legends show 3 significant digits; summary.csv keeps the raw values; the sweep directory
+    holds the jobs and the report only."""
+    lrs = ["0.0031622776601683794", "0.0001", "0.031622776601683794"]
+    for job, (lr, seed) in enumerate((lr, seed) for lr in lrs for seed in (0, 1)):
+        acc = 0.5 + 0.1 * lrs.index(lr) + 0.01 * seed
+        (tmp_path / str(job)).mkdir()
+        (tmp_path / str(job) / "results.json").write_text(json.dumps({
+            "status": "completed", "val_acc_best": acc, "val_acc_final": acc, "test_acc": acc,
+            "train_acc_final": acc + 0.05,
+            "overrides": [f"optimizer.lr={lr}", "model.dropout.p=0.23745812", f"seed={seed}"],
+            "history": [{"epoch": 0, "val/acc": acc}],
+        }))  # fmt: skip
+    write_report(tmp_path)
+    markdown = (tmp_path / "summary.md").read_text()
+    table = md_table_rows(markdown, "| configuration")
+    assert list(table) == ["optimizer.lr=0.00316", "optimizer.lr=1e-4", "optimizer.lr=0.0316"]
+    contrasts = md_table_rows(markdown, "| comparison")
+    assert list(contrasts) == ["optimizer.lr: 1e-4 − 0.00316", "optimizer.lr: 0.0316 − 0.00316"]
+    assert "0.0031622776601683794" not in markdown
+    with (tmp_path / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [row["optimizer.lr"] for row in rows[::2]] == lrs
+    assert rows[0]["config"] == "optimizer.lr=0.00316"
+
+    sweep = load_sweep(tmp_path)
+    figure = plots._accuracy_vs(sweep.configs, "optimizer.lr")
+    first = figure.axes[0]
+    assert [t.get_text() for t in first.get_xticklabels()] == ["1e-4", "0.00316", "0.0316"]
+    figure = plots._final_accuracy(sweep.configs)
+    labels = [t.get_text() for t in figure.axes[0].get_yticklabels()]
+    assert labels == [c.label for c in sweep.configs] and "optimizer.lr=1e-4" in labels
+    two_axes = load_sweep(tmp_path)
+    for config in two_axes.configs:  # a second swept key: the legends name its short value
+        config.shown["model.dropout.p"] = format_number(0.23745812)
+    legend = plots._accuracy_vs(two_axes.configs, "optimizer.lr").axes[-1].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["model.dropout.p=0.237"]
+
+    jobs = {str(j) for j in range(6)}
+    report = {"summary.csv", "summary.md", "val_acc_curves.png", "final_accuracy.png"}
+    assert {p.name for p in tmp_path.iterdir()} == jobs | report | {"accuracy_vs_optimizer.lr.png"}

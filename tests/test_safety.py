@@ -173,7 +173,7 @@ def test_a_run_folder_is_locked_and_an_existing_run_is_not_overwritten(tmp_path)
     [
         ("seed=-1", "seed=-1: the seed must be an integer from 0 to 4294967295"),
         (f"seed={2**40}", "the seed must be an integer from 0 to"),
-        ("optimizer.lr=nan", "optimizer.lr=nan: the learning rate must be a positive number (finite)"),
+        ("optimizer.lr=nan", "optimizer.lr=nan: the learning rate must be a positive number"),
         ("optimizer.lr=inf", "optimizer.lr=inf"),
         ("data.std=[0.5,0,0.5]", "data.std=[0.5, 0, 0.5]: every channel's value must be"),
         ("data.train_size=1", "data.train_size=1 is smaller than data.batch_size=32"),

@@ -1,5 +1,9 @@
 """normlab: batch normalization and dropout, studied with PyTorch Lightning and Hydra.
 
+From Python (a notebook): `normlab.train("model=cnn_bn", "data=digits")` trains like
+`python train.py` and returns the results; `normlab.evaluate(run_dir)` re-tests a run
+(normlab.runner.api, imported on first use: Lightning takes seconds to import).
+
 Importing normlab registers the resolvers the configs use, so Hydra can resolve them wherever
 normlab is imported: train.py, eval.py, tests, and the joblib launcher's worker processes.
 """
@@ -22,3 +26,13 @@ _RESOLVERS = {
 for _name, (_resolver, _cached) in _RESOLVERS.items():
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _resolver, use_cache=_cached)
+
+__all__ = ["evaluate", "train"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from normlab.runner import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'normlab' has no attribute {name!r}")

@@ -46,12 +46,12 @@ class NetworkDiagnostics(L.Callback):
             diagnostics).
         every_n_epochs: draw the prediction grid and confusion matrix, and log per-class
             accuracy and the validation variance ratio, after every this many validation
-            epochs, the first included (0 = never).
+            epochs, the first and the last included (0 = never).
         num_images: validation images in the prediction grid (the first ones of the
             validation set, the same every epoch).
     """
 
-    def __init__(self, every_n_steps: int = 50, every_n_epochs: int = 1, num_images: int = 32):
+    def __init__(self, every_n_steps: int = 50, every_n_epochs: int = 5, num_images: int = 32):
         for key, value in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
             if value < 0:
                 raise ValueError(f"{key}={value}: use a positive interval, or 0 for never.")
@@ -152,7 +152,10 @@ class NetworkDiagnostics(L.Callback):
             self._enabled
             and self.every_n_epochs > 0
             and not trainer.sanity_checking
-            and trainer.current_epoch % self.every_n_epochs == 0
+            and (
+                trainer.current_epoch % self.every_n_epochs == 0
+                or trainer.current_epoch + 1 == trainer.max_epochs  # the picture to keep
+            )
         )
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from normlab.files import atomic_open
+from normlab.report.numbers import format_number
 from normlab.report.sweep import Config, Sweep, mean_std
 
 if TYPE_CHECKING:
@@ -152,7 +153,7 @@ def _final_accuracy(configs: list[Config]) -> Figure:
 def _accuracy_vs(configs: list[Config], axis: str) -> Figure:
     series: dict[str, list[Config]] = defaultdict(list)
     for config in configs:
-        others = [f"{k}={v}" for k, v in config.settings.items() if k != axis]
+        others = [f"{k}={v}" for k, v in config.shown.items() if k != axis]
         series[", ".join(others) or "all runs"].append(config)
     values = sorted(float(c.settings[axis]) for c in configs)
     log_x = values[0] > 0 and values[-1] / values[0] >= 20
@@ -185,7 +186,7 @@ def _accuracy_vs(configs: list[Config], axis: str) -> Figure:
             ax.set_xscale("log")
         distinct = sorted(set(values))
         if len(distinct) <= 10:  # label the swept values themselves (2, 4, ... 128; 0.001 ...)
-            ax.set_xticks(distinct, [f"{v:g}" for v in distinct])
+            ax.set_xticks(distinct, [format_number(v) for v in distinct])
             ax.minorticks_off()
         ax.set(xlabel=axis, title=title)
         ax.grid(alpha=0.3)

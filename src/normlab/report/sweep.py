@@ -16,6 +16,7 @@ from typing import Any
 
 from normlab.errors import NormlabError
 from normlab.files import folder_in_use
+from normlab.report.numbers import short_forms
 
 # Runs that produced metrics: diverged runs stopped early but were validated and tested.
 MEASURED = ("completed", "diverged")
@@ -70,9 +71,10 @@ class Job:
 class Config:
     """The jobs of one configuration (same overrides, any seed)."""
 
-    label: str
-    settings: dict[str, str]
+    label: str  # "model=cnn_bn, optimizer.lr=0.00316": numbers shortened (report.numbers)
+    settings: dict[str, str]  # the raw override values
     jobs: list[Job] = field(default_factory=list)
+    shown: dict[str, str] = field(default_factory=dict)  # the settings as the label has them
 
     def values(self, key: str) -> list[float]:
         values = (job.value(key) for job in self.jobs if job.measured)
@@ -105,6 +107,12 @@ class Sweep:
     configs: list[Config]
     varying: list[str]  # override keys whose value differs between jobs (seed included)
     fixed: list[str]  # overrides every job shares
+    # {key: {raw value: label}} for the varying keys: 0.0031622776601683794 -> 0.00316
+    short: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def show(self, key: str, value: str) -> str:
+        """A swept value as the report's labels show it."""
+        return self.short.get(key, {}).get(value, value)
 
 
 def split_override(override: str) -> tuple[str, str]:
@@ -175,16 +183,18 @@ def load_sweep(sweep_dir: Path) -> Sweep:
     keys = list(dict.fromkeys(k for s in settings for k in s))
     varying = [k for k in keys if len({s.get(k) for s in settings}) > 1]
     fixed = [f"{k}={settings[0][k]}" for k in keys if k not in varying]
+    short = {k: short_forms(s.get(k, "(default)") for s in settings) for k in varying}
     configs: dict[tuple, Config] = {}
     for job, setting in zip(jobs, settings, strict=True):
         axes = {k: setting.get(k, "(default)") for k in varying if k != "seed"}
         key = tuple(axes.items())
         if key not in configs:
-            label = ", ".join(f"{k}={v}" for k, v in axes.items()) or "all runs"
-            configs[key] = Config(label, axes)
+            shown = {k: short[k][v] for k, v in axes.items()}
+            label = ", ".join(f"{k}={v}" for k, v in shown.items()) or "all runs"
+            configs[key] = Config(label, axes, shown=shown)
         configs[key].jobs.append(job)
         job.config = configs[key].label
-    return Sweep(sweep_dir, jobs, list(configs.values()), varying, fixed)
+    return Sweep(sweep_dir, jobs, list(configs.values()), varying, fixed, short)
 
 
 def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from normlab.files import atomic_open
+from normlab.report.numbers import format_number
 from normlab.report.stats import Contrast, contrasts
 from normlab.report.sweep import Job, Sweep, mean_std
 
@@ -46,6 +47,8 @@ def csv_columns(jobs: Iterable[Job]) -> list[str]:
 
 
 def write_csv(sweep: Sweep, path: Path) -> None:
+    """One row per job; the swept values and overrides as given (full precision), the
+    `config` column the report's short label."""
     axes = [k for k in sweep.varying if k != "seed"]
     metrics = csv_columns(sweep.jobs)
     header = ["job", "config", "seed", "status", *axes, *metrics, "overrides"]
@@ -89,12 +92,12 @@ def _contrast_section(sweep: Sweep, baselines: dict[str, str] | None) -> list[st
         g = gap.get((c.axis, c.value, tuple(c.where.items())))
         rows.append(
             [
-                f"{c.axis}: {c.value} − {c.baseline}",
-                ", ".join(f"{k}={v}" for k, v in c.where.items()) or "–",
+                f"{c.axis}: {sweep.show(c.axis, c.value)} − {sweep.show(c.axis, c.baseline)}",
+                ", ".join(f"{k}={sweep.show(k, v)}" for k, v in c.where.items()) or "–",
                 f"{c.diff.n}{'' if c.diff.paired else ' (unpaired)'}",
                 f"{c.diff.mean:+.4f}{' *' if c.diff.significant else ''}",
                 f"[{c.diff.low:+.4f}, {c.diff.high:+.4f}]",
-                f"{c.diff.p_value:.3g}",
+                format_number(c.diff.p_value),
                 "–" if g is None else f"{g.diff.mean:+.4f} [{g.diff.low:+.4f}, {g.diff.high:+.4f}]",
             ]
         )

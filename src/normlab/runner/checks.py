@@ -47,6 +47,7 @@ from normlab.runner.rundir import (
     load_checkpoint,
     lock_folder,
     plan_run,
+    secondary_rank,
 )
 
 # Lightning's seed_everything accepts 0 .. 2**32 - 1 (numpy's seed range).
@@ -431,12 +432,8 @@ class Preflight(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         with exit_before_the_run():
-            plan = plan_run(config, list(config.hydra.overrides.task))
-            run_dir = Path(str(config.hydra.run.dir))
-            check_paths(run_dir, OmegaConf.select(plan.config, "data.root"))
-            net = check_run(plan, launcher=launcher_target(config.hydra))
-            check_space(run_dir, net)
-            claim_run_dir(run_dir, plan.resumed)
+            plan = check_single_run(config)
+            claim_run_dir(Path(str(config.hydra.run.dir)), plan.resumed)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         with exit_before_the_run():
@@ -548,6 +545,19 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def check_single_run(config: DictConfig) -> RunPlan:
+    """The checks before a single run (the composed config with its `hydra` node); raises
+    NormlabError. `Preflight` runs them for train.py, `normlab.train` before it starts Hydra."""
+    plan = plan_run(config, list(config.hydra.overrides.task))
+    run_dir = Path(str(config.hydra.run.dir))
+    check_paths(run_dir, OmegaConf.select(plan.config, "data.root"))
+    net = check_run(plan, launcher=launcher_target(config.hydra))
+    check_space(run_dir, net)
+    if not plan.resumed and holds_run(run_dir) and not secondary_rank():
+        claim_run_dir(run_dir, resumed=False)  # raises: the folder holds a run
+    return plan
 
 
 def checked_by_preflight() -> bool:

@@ -122,10 +122,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # run that failed before training keeps the results.json it had.
         if (trainer is None or trainer.is_global_zero) and (training or not plan.resumed):
             record_results(output_dir, results)
-        if in_multirun():
-            release_folder(output_dir)  # the next job of a sweep runs in this process
-            if results["status"] == "interrupted":
-                report_interrupted_sweep()
+        # The next job of a sweep (or the next normlab.train call) runs in this process.
+        release_folder(output_dir)
+        if in_multirun() and results["status"] == "interrupted":
+            report_interrupted_sweep()
     if not trainer.is_global_zero:
         return results
     log.info(

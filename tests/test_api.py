@@ -1,0 +1,115 @@
+"""The Python API (`normlab.train`, `normlab.evaluate`): the configs and runner of train.py,
+checked against the real `train.py` command line, with errors raised as normlab's messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CONF, REPO, run_train
+
+import normlab
+from normlab.errors import ConfigError
+from normlab.runner.api import as_override, find_config_dir
+
+OVERRIDES = ("data=digits", "model=cnn_bn", "trainer.max_epochs=1", "debug=fast")
+
+
+def test_import_normlab_stays_light():
+    """`import normlab` must not pull in Lightning (seconds); `normlab.train` is found lazily."""
+    code = "import sys, normlab; f = normlab.train; print('lightning' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+    with pytest.raises(AttributeError, match="no attribute 'trian'"):
+        normlab.trian  # noqa: B018
+
+
+def test_keyword_options_become_overrides():
+    assert as_override("seed", 3) == "seed=3"
+    assert as_override("compile", True) == "compile=true"
+    assert as_override("ckpt_path", None) == "ckpt_path=null"
+    assert as_override("tags", ["bn", "lesson"]) == "tags=[bn,lesson]"
+    assert as_override("optimizer.lr", 0.01) == "optimizer.lr=0.01"
+
+
+def project(tmp_path: Path) -> Path:
+    """A project folder with the repository's configs, and a notebooks/ folder below it."""
+    root = tmp_path / "project"
+    shutil.copytree(CONF, root / "conf")
+    (root / "notebooks").mkdir()
+    return root
+
+
+def test_configs_are_found_from_a_folder_below_the_project(tmp_path, monkeypatch):
+    root = project(tmp_path)
+    monkeypatch.chdir(root / "notebooks")
+    assert find_config_dir() == root / "conf"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="no conf/train.yaml in .* or pass config_dir="):
+        find_config_dir()
+    assert find_config_dir(root / "conf") == root / "conf"
+    with pytest.raises(ConfigError, match="holds no train.yaml"):
+        find_config_dir(tmp_path)
+
+
+def test_mistakes_raise_normlab_errors_and_write_nothing(tmp_path, monkeypatch):
+    root = project(tmp_path)
+    monkeypatch.chdir(root / "notebooks")
+    with pytest.raises(ConfigError, match="did you mean trainer.max_epochs"):
+        normlab.train("data=digits", "trainer.max_epoch=1")
+    with pytest.raises(ConfigError, match="Could not find 'model/cnn_nb'"):
+        normlab.train("model=cnn_nb")
+    with pytest.raises(ConfigError, match="the learning rate must be a positive number"):
+        normlab.train("data=digits", **{"optimizer.lr": -1})
+    with pytest.raises(ConfigError, match="runs one configuration.*python train.py -m seed=0,1"):
+        normlab.train("data=digits", "seed=0,1")
+    assert Path.cwd() == root / "notebooks"
+    assert not (root / "logs").exists(), "the checks run before anything is written"
+
+
+@pytest.mark.slow
+def test_train_returns_what_train_py_computes(tmp_path, monkeypatch):
+    """Oracle: the real `python train.py` with the same overrides. The API's run lands in the
+    project's logs/runs/ even when called from notebooks/, with the CLI's files."""
+    (tmp_path / "cli").mkdir()
+    cli_proc, cli = run_train(*OVERRIDES, run_dir=tmp_path / "cli" / "run")
+    assert cli_proc.returncode == 0, cli_proc.stderr[-3000:]
+
+    root = project(tmp_path)
+    monkeypatch.chdir(root / "notebooks")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the CLI run (OMP_NUM_THREADS=1): same float sums
+    try:
+        results = normlab.train(*OVERRIDES[:-1], debug="fast")
+    finally:
+        torch.set_num_threads(threads)
+    assert Path.cwd() == root / "notebooks"
+    run_dir = Path(results["run_dir"])
+    assert run_dir.parent == root / "logs" / "runs"
+    for name in ("results.json", "train.log", ".hydra/config.yaml", "checkpoints/best.ckpt"):
+        assert (run_dir / name).exists(), name
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert {k: v for k, v in results.items() if k != "run_dir"} == saved
+    assert results["overrides"] == list(OVERRIDES)
+
+    assert results["status"] == cli["status"] == "completed"
+    for key in ("test_acc", "val_acc_best", "train_loss_final", "epochs_completed"):
+        assert results[key] == cli[key], key
+    assert [row["val/acc"] for row in results["history"]] == [
+        row["val/acc"] for row in cli["history"]
+    ]
+
+    evaluated = normlab.evaluate(run_dir)
+    assert evaluated["test_acc"] == pytest.approx(results["test_acc"], abs=1e-6)
+    assert json.loads((run_dir / "eval.json").read_text())["test_acc"] == evaluated["test_acc"]
+    with pytest.raises(ConfigError, match="which=best or which=last"):
+        normlab.evaluate(run_dir, which="final")
