@@ -120,22 +120,45 @@ def write_json(path: str | Path, data: Mapping[str, Any]) -> None:
         f.write(text)
 
 
-# The lock a process holds on the run (or sweep) directory it writes (normlab.runner.rundir).
-LOCK = ".normlab.lock"
+class FolderLock:
+    """An exclusive lock on a folder itself (flock on the directory): no lock file to leave
+    behind, and it moves with the folder. Where the file system cannot lock (some network
+    file systems, Windows), `acquire` succeeds without a lock."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock; False when another open of the folder holds it."""
+        try:
+            import fcntl
+        except ImportError:
+            return True
+        fd = os.open(self.folder, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except OSError:
+            os.close(fd)
+            return True
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the last descriptor releases the flock
+            self.fd = None
 
 
 def folder_in_use(folder: str | Path) -> bool:
-    """Whether another process holds `folder`'s lock (a run still going)."""
-    from filelock import FileLock, Timeout
-
-    path = Path(folder) / LOCK
-    if not path.exists():
-        return False
-    lock = FileLock(path, blocking=False)
+    """Whether a process holds `folder`'s lock (a run still going)."""
+    lock = FolderLock(folder)
     try:
-        lock.acquire()
-    except Timeout:
-        return True
+        if not lock.acquire():
+            return True
     except OSError:
         return False
     lock.release()

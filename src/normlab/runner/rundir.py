@@ -28,13 +28,12 @@ from typing import Any
 
 import torch
 import yaml
-from filelock import FileLock, Timeout
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from normlab.errors import ConfigError
-from normlab.files import LOCK, reraise_disk_full
+from normlab.files import FolderLock, reraise_disk_full
 
 log = logging.getLogger("normlab")
 
@@ -468,7 +467,7 @@ def history_from_last_checkpoint(checkpoint_dirs: list[Path]) -> list[dict[str, 
 
 # --- one process per run directory ----------------------------------------------------------
 
-_claims: dict[Path, FileLock] = {}
+_claims: dict[Path, FolderLock] = {}
 
 
 def holds_run(folder: Path) -> bool:
@@ -492,15 +491,13 @@ def lock_folder(folder: Path, what: str, key: str) -> None:
         return
     with reraise_disk_full(folder.parent, f"could not create {folder.name}"):
         folder.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(folder / LOCK, blocking=False)
-        try:
-            lock.acquire()
-        except Timeout:
-            raise ConfigError(
-                f"{key}={folder}: another process is using this {what} right now (it holds "
-                f"{folder / LOCK}). Wait for it to finish, or stop it first; two processes "
-                "writing one folder would overwrite each other's checkpoints and results."
-            ) from None
+    lock = FolderLock(folder)
+    if not lock.acquire():
+        raise ConfigError(
+            f"{key}={folder}: another process is using this {what} right now (it holds the "
+            "folder's lock). Wait for it to finish, or stop it first; two processes writing "
+            "one folder would overwrite each other's checkpoints and results."
+        )
     _claims[folder] = lock
 
 
