@@ -229,3 +229,19 @@ def test_checkpoint_paths_follow_a_moved_run():
     assert moved["best_model_path"] == "/new/place/checkpoints/best.ckpt"
     assert list(moved["best_k_models"]) == ["/new/place/checkpoints/best.ckpt"]
     assert moved["monitor"] == "val/acc"
+
+
+def test_a_job_killed_while_running_is_reported_as_interrupted(tmp_path):
+    from normlab.files import FolderLock
+    from normlab.report.sweep import load_job
+
+    job = tmp_path / "0"
+    job.mkdir()
+    write_json(job / "results.json", {"status": "running", "overrides": ["seed=0"]})
+    assert load_job(job).status == "interrupted"  # nobody holds its lock: it was killed
+    lock = FolderLock(job)
+    assert lock.acquire()
+    try:
+        assert load_job(job).status == "running"  # still training
+    finally:
+        lock.release()
