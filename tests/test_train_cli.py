@@ -61,9 +61,8 @@ def test_digits_run_writes_results_checkpoints_and_tensorboard(tmp_path):
     # the last checkpoint is the last epoch's, and loads with weights_only=True
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["epoch"] == 1
-    assert (
-        last["hyper_parameters"]["model"]["dropout"]["p"] == 0.1
-    )  # the tuned default of model=cnn_bn_dropout
+    # the tuned default of model=cnn_bn_dropout
+    assert last["hyper_parameters"]["model"]["dropout"]["p"] == 0.1
 
 
 def test_cifar10_run_on_generated_files_in_the_real_format(tmp_path):
