@@ -8,7 +8,7 @@ ARGS   ?=
 .PHONY: install train test test-fast lint format tensorboard bench clean
 
 # Re-install whenever pyproject.toml changes. torch is pinned to a range that pip resolves
-# from this machine's local wheels (see DESIGN.md); elsewhere it comes from PyPI.
+# from local wheels where a machine provides them; elsewhere it comes from PyPI.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
@@ -20,7 +20,7 @@ install: $(STAMP)
 train: $(STAMP)
 	$(PY) train.py $(ARGS)
 
-## The whole test suite (offline, a few minutes on 2 CPU cores): in-process and end-to-end.
+## The whole test suite (offline; 8-10 minutes on 2 CPU cores): in-process and end-to-end.
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
 

@@ -126,6 +126,19 @@ def test_child_peak_memory_is_the_childs_own(tmp_path):
         )
 
 
+def test_thread_settings_leave_the_default_run_to_normlab(monkeypatch):
+    # the benchmark's own OMP_NUM_THREADS must not decide the "default" run
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    settings = suite.thread_settings(REPO, (1, 2))
+    (label, overrides, env), *manual = settings
+    assert label == "default"
+    assert overrides == [] and "OMP_NUM_THREADS" not in env
+    for (label, overrides, env), n in zip(manual, (1, 2), strict=True):
+        # threads=<n> once the config has the setting, the environment variable until then
+        assert overrides == [f"threads={n}"] or env["OMP_NUM_THREADS"] == str(n)
+        assert label.endswith(f"={n}")
+
+
 @pytest.mark.slow
 def test_quick_benchmark_writes_every_row(tmp_path, capsys, monkeypatch):
     # --quick with one batch size: every code path, including the train.py child process
@@ -143,8 +156,15 @@ def test_quick_benchmark_writes_every_row(tmp_path, capsys, monkeypatch):
         "framework overhead, batch 4 (ms/step, median)",
         "start-up: train.py to first step (s)",
         "peak memory, CIFAR-10-sized run (MB)",
+        "busy machine: digits, 1 epoch, default threads (s)",
     ]
-    assert [row["met"] is None for row in results["rows"]] == [False, True, False, False, False]
+    no_target = [row["met"] is None for row in results["rows"]]
+    assert no_target == [False, True, False, False, False, False]
+    threads = results["threads"]
+    assert threads["default"]["train_s"] > 0 and len(threads["manual"]) == 2
+    assert threads["ratio"] == threads["default"]["train_s"] / min(
+        run["train_s"] for run in threads["manual"].values()
+    )
     startup = results["startup"]
     assert startup["bare_import_s"] > 0 and startup["train_py_to_first_step_s"] > 0
     # a training run holds more than the bare imports (its data, network, loggers)

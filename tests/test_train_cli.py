@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import run_train, tensorboard_dir
+from conftest import run_train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from normlab.bench.cifar_files import write_cifar10
@@ -20,7 +20,7 @@ RESULT_FIELDS = {
 
 def scalar_tags(run_dir):
     tags = set()
-    for events in tensorboard_dir(run_dir).glob("events.out.tfevents.*"):
+    for events in (run_dir / "tensorboard").glob("events.out.tfevents.*"):
         acc = EventAccumulator(str(events))
         acc.Reload()
         tags |= set(acc.Tags()["scalars"])
@@ -61,7 +61,8 @@ def test_digits_run_writes_results_checkpoints_and_tensorboard(tmp_path):
     # the last checkpoint is the last epoch's, and loads with weights_only=True
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["epoch"] == 1
-    assert last["hyper_parameters"]["model"]["dropout"]["p"] == 0.1  # cnn_bn_dropout's rate
+    # the tuned default of model=cnn_bn_dropout
+    assert last["hyper_parameters"]["model"]["dropout"]["p"] == 0.1
 
 
 def test_cifar10_run_on_generated_files_in_the_real_format(tmp_path):

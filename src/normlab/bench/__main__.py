@@ -21,6 +21,7 @@ from normlab.bench.suite import (
     checked_repo,
     compare_loaders,
     compare_training,
+    measure_busy_threads,
     measure_startup_and_memory,
 )
 
@@ -40,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeats", type=int, default=None, help="alternating runs per side")
     parser.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated parts to measure: loader, training, startup, threads (default all)",
+    )
+    parser.add_argument(
         "--repo", type=Path, default=Path("."), help="repository root (conf/, train.py)"
     )
     args = parser.parse_args(argv)
@@ -58,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
             ("loader", lambda: compare_loaders(data_root, sizes, repo)),
             ("training", lambda: compare_training(data_root, sizes, workdir, repo)),
             ("startup", lambda: measure_startup_and_memory(data_root, sizes, workdir, repo)),
+            ("threads", lambda: measure_busy_threads(sizes, workdir, repo)),
         ):
+            if args.only and name not in args.only.split(","):
+                continue
             print(f"measuring {name} ...", file=sys.stderr, flush=True)
             results[name] = measure()
     results["bench_wall_s"] = time.perf_counter() - started

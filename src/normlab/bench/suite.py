@@ -65,6 +65,9 @@ class Sizes:
     val_size: int = 5_000  # normlab's validation split (data.val_size)
     memory_train_steps: int = 20
     repeats: int = 2
+    # the busy-machine comparison: `python train.py data=digits` runs of this many epochs
+    threads_epochs: int = 3
+    threads_manual: tuple[int, ...] = (1, 2)
 
 
 QUICK = Sizes(
@@ -78,6 +81,7 @@ QUICK = Sizes(
     val_size=300,
     memory_train_steps=2,
     repeats=1,
+    threads_epochs=1,
 )
 
 
@@ -375,10 +379,12 @@ open(sys.argv[1], "w").write(json.dumps(report))
 """
 
 
-def run_child(command: list[str], report: Path, cwd: Path) -> dict[str, Any]:
+def run_child(
+    command: list[str], report: Path, cwd: Path, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Run `command` to completion in `cwd`: its start time (`time.time()`), wall seconds, CPU
     seconds and peak resident memory in MB (Linux reports ru_maxrss in kilobytes)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(
         [sys.executable, "-c", LAUNCHER, str(report), *command],
         cwd=cwd,
@@ -391,3 +397,62 @@ def run_child(command: list[str], report: Path, cwd: Path) -> dict[str, Any]:
         output = (proc.stdout + proc.stderr)[-3000:]
         raise RuntimeError(f"{' '.join(command)} failed:\n{output}")
     return result
+
+
+# --- a busy machine: thread settings -----------------------------------------------------
+
+SPINNER = "while True: pass"
+
+
+def thread_settings(repo: Path, manual: Sequence[int]) -> list[tuple[str, list[str], dict]]:
+    """(label, train.py overrides, environment) for the default and each manual setting. With
+    a `threads` key in the config (normlab's own choice) the manual ones are `threads=<n>`,
+    otherwise OMP_NUM_THREADS=<n>; the default run gets neither, whatever this process has."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    has_setting = "threads" in compose_config(repo, ["data=digits"])
+    settings = [("default", [], env)]
+    for n in manual:
+        if has_setting:
+            settings.append((f"threads={n}", [f"threads={n}"], env))
+        else:
+            settings.append((f"OMP_NUM_THREADS={n}", [], {**env, "OMP_NUM_THREADS": str(n)}))
+    return settings
+
+
+def measure_busy_threads(sizes: Sizes, workdir: Path, repo: Path) -> dict[str, Any]:
+    """`python train.py data=digits` while a background process (started here) keeps one core
+    spinning: the run with default settings against each manual thread setting, alternating,
+    best of `repeats`. Compared by training time (the epochs' `time/epoch_s` in results.json,
+    validation included); wall time, start-up included, is reported beside it."""
+    settings = thread_settings(repo, sizes.threads_manual)
+    runs: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in settings}
+    spinner = subprocess.Popen([sys.executable, "-c", SPINNER])
+    try:
+        for repeat in range(sizes.repeats):
+            for i, (label, overrides, env) in enumerate(settings):
+                run_dir = workdir / f"threads_{repeat}_{i}"
+                command = [
+                    sys.executable,
+                    str(repo / "train.py"),
+                    "data=digits",
+                    f"trainer.max_epochs={sizes.threads_epochs}",
+                    f"hydra.run.dir={run_dir}",
+                    *overrides,
+                ]
+                child = run_child(command, workdir / f"threads_{repeat}_{i}.json", repo, env)
+                results = json.loads((run_dir / "results.json").read_text())
+                epochs = [row["time/epoch_s"] for row in results["history"]]
+                runs[label].append({"train_s": sum(epochs), "wall_s": child["seconds"]})
+    finally:
+        spinner.kill()
+        spinner.wait()
+    best_runs = {label: min(r, key=lambda run: run["train_s"]) for label, r in runs.items()}
+    default = best_runs.pop("default")
+    manual_label = min(best_runs, key=lambda label: best_runs[label]["train_s"])
+    return {
+        "epochs": sizes.threads_epochs,
+        "default": default,
+        "manual": best_runs,
+        "best_manual": manual_label,
+        "ratio": default["train_s"] / best_runs[manual_label]["train_s"],
+    }

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 
 from normlab.data.batches import BatchTransform, TensorBatchLoader
+from normlab.errors import DataError
 
 
 @dataclass
@@ -132,7 +133,17 @@ class InMemoryDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> TensorBatchLoader:
-        return self._loader(self.train_set, train=True)
+        loader = self._loader(self.train_set, train=True)
+        if len(loader) == 0:
+            per_process = " per process" if loader.world_size > 1 else ""
+            fits = max(2, len(self.train_set) // max(loader.world_size, 1))
+            raise DataError(
+                f"data.batch_size={self.batch_size} is larger than the {len(self.train_set)} "
+                f"training images{per_process}: training drops the last incomplete batch, so "
+                f"the run would train on nothing. Use data.batch_size={fits} "
+                "or less, or more training images (data.train_size, data.val_size)."
+            )
+        return loader
 
     def val_dataloader(self) -> TensorBatchLoader:
         return self._loader(self.val_set, train=False)

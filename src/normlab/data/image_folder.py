@@ -81,7 +81,7 @@ def decode_image(path: Path, size: int) -> np.ndarray:
             f"{path} is not a readable image ({type(err).__name__}: {err}). Remove the file "
             "or replace it with a valid PNG, JPEG, BMP or WEBP image."
         ) from None
-    return array.transpose(2, 0, 1)
+    return np.ascontiguousarray(array.transpose(2, 0, 1))  # CHW, writable for torch
 
 
 def class_folders(split_dir: Path, key: str) -> list[Path]:

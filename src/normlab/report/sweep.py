@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from normlab.errors import NormlabError
+from normlab.files import folder_in_use
 from normlab.report.numbers import short_forms
 
 # Runs that produced metrics: diverged runs stopped early but were validated and tested.
@@ -57,6 +58,8 @@ class Job:
     @property
     def detail(self) -> str:
         """One line on what went wrong, for the table of diverged and failed jobs."""
+        if self.status == "interrupted" and not self.results.get("error"):
+            return "stopped (Ctrl-C or SIGTERM); continue it with python train.py resume=<job dir>"
         if self.status == "diverged":
             step = self.results.get("diverged_at_step")
             return f"loss NaN/inf or above max_loss by step {step}"
@@ -128,6 +131,13 @@ def load_job(job_dir: Path) -> Job:
         }
     except json.JSONDecodeError as err:
         results = {"status": "missing", "error": f"results.json unreadable: {err}"}
+    if results.get("status") == "running" and not folder_in_use(job_dir):
+        # Written when training starts and replaced when it ends: nobody is running it now.
+        results = {
+            **results,
+            "status": "interrupted",
+            "error": "stopped while training (killed) before it could record how it ended",
+        }
     overrides = results.get("overrides")
     if overrides is None:
         overrides = _overrides_from_hydra(job_dir)

@@ -210,7 +210,7 @@ def _problem_section(sweep: Sweep) -> list[str]:
     ]
     return [
         "",
-        "## Diverged and failed jobs",
+        "## Diverged, failed and interrupted jobs",
         "",
         *_table(["job", "configuration", "seed", "status", "epochs", "detail"], rows),
     ]

@@ -21,6 +21,8 @@ from torch import nn
 
 from normlab.training import ImageClassifier, TerminalProgressBar
 from normlab.training.checkpoints import AtomicCheckpointIO
+from normlab.training.hooks import skip_inherited_batch_hooks
+from normlab.training.profiling import NoProfiler
 
 
 def network_spec(model_cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
@@ -77,15 +79,29 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
-    """The Trainer with the configured callbacks and loggers; checkpoints written atomically."""
+    """The Trainer with the configured callbacks and loggers; checkpoints written atomically.
+    Per-batch hooks are called only on the callbacks that implement them, and without a
+    configured profiler the hook calls are not wrapped in one (`NoProfiler`)."""
     loggers = instantiate_all(cfg.get("logger"))
     callbacks = instantiate_all(cfg.get("callbacks"))
     if not loggers:  # logger=none: Lightning refuses a LearningRateMonitor with nowhere to log
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
+<<<<<<< HEAD
     if not any(isinstance(cb, ProgressBar) for cb in callbacks):
         # callbacks=none: Lightning would pick RichProgressBar when rich is installed, which
         # writes nothing useful into a redirected log.
         callbacks.append(TerminalProgressBar())
+=======
+    for callback in callbacks:
+        skip_inherited_batch_hooks(callback, L.Callback)
+    extra: dict[str, Any] = {}
+    if cfg.trainer.get("profiler") is None:
+        extra["profiler"] = NoProfiler()
+>>>>>>> main
     return instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+        **extra,
     )

@@ -17,9 +17,14 @@ from __future__ import annotations
 import contextlib
 import difflib
 import inspect
+import math
 import numbers
 import os
+import shutil
+import signal
 import sys
+import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,11 +41,17 @@ from normlab.runner.build import build_network, network_spec
 from normlab.runner.rundir import (
     RunPlan,
     check_architecture,
+    claim_run_dir,
+    holds_run,
     launcher_target,
     load_checkpoint,
+    lock_folder,
     plan_run,
+    secondary_rank,
 )
 
+# Lightning's seed_everything accepts 0 .. 2**32 - 1 (numpy's seed range).
+MAX_SEED = 2**32 - 1
 # Keys Hydra's instantiate reads itself.
 INSTANTIATE_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
 # Keys the runner reads itself instead of passing them to the node's target.
@@ -163,13 +174,53 @@ def check_values(cfg: DictConfig) -> None:
         positive_int(cfg, "data.train_size", "training images kept (null = all)", 10000)
     positive_int(cfg, "trainer.max_epochs", "passes over the training set", 10)
     lr = OmegaConf.select(cfg, "optimizer.lr")
-    if not is_number(lr) or lr <= 0:
+    if not is_number(lr) or not math.isfinite(lr) or lr <= 0:
         raise ConfigError(
-            f"optimizer.lr={lr!r}: the learning rate must be a positive number, "
+            f"optimizer.lr={lr!r}: the learning rate must be a positive number (finite), "
             "e.g. optimizer.lr=0.05 (SGD) or optimizer.lr=1e-3 (AdamW)."
         )
-    if not isinstance(cfg.get("seed"), int) or isinstance(cfg.get("seed"), bool):
-        raise ConfigError(f"seed={cfg.get('seed')!r}: the seed must be an integer, e.g. seed=0.")
+    seed = cfg.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(
+            f"seed={seed!r}: the seed must be an integer from 0 to {MAX_SEED} (the range "
+            "Lightning's seed_everything accepts), e.g. seed=0."
+        )
+    for key in ("data.mean", "data.std"):
+        values = OmegaConf.select(cfg, key)
+        if values is None:
+            continue  # computed from the training images
+        values = list(values) if OmegaConf.is_list(values) else [values]
+        bad = [v for v in values if not is_number(v) or not math.isfinite(v)]
+        if key == "data.std":
+            bad += [v for v in values if is_number(v) and v <= 0]
+        if bad:
+            raise ConfigError(
+                f"{key}={values}: every channel's value must be a finite number"
+                + (" above 0 (images are divided by it)" if key == "data.std" else "")
+                + f", e.g. {key}=[0.5,0.5,0.5]; null computes it from the training images."
+            )
+    check_training_batches(cfg)
+
+
+def check_training_batches(cfg: DictConfig) -> None:
+    """A run must have at least one training batch: training drops the last partial batch,
+    so fewer training images than data.batch_size train nothing."""
+    limit = OmegaConf.select(cfg, "trainer.limit_train_batches")
+    if limit is not None and (not is_number(limit) or limit <= 0):
+        raise ConfigError(
+            f"trainer.limit_train_batches={limit!r}: the run would train on no batch at all. "
+            "Use a positive number of batches (e.g. 10) or fraction (e.g. 0.1), or leave it "
+            "out to train on every batch."
+        )
+    train_size = OmegaConf.select(cfg, "data.train_size")
+    batch_size = OmegaConf.select(cfg, "data.batch_size")
+    if isinstance(train_size, int) and isinstance(batch_size, int) and train_size < batch_size:
+        raise ConfigError(
+            f"data.train_size={train_size} is smaller than data.batch_size={batch_size}: "
+            "training drops the last incomplete batch (a batch of one breaks batch norm), so "
+            f"the run would train on nothing. Use data.batch_size={max(train_size, 2)} or "
+            f"data.train_size={batch_size} or more."
+        )
 
 
 def positive_int(cfg: DictConfig, key: str, meaning: str, example: int) -> None:
@@ -413,29 +464,137 @@ def blocker(path: Path) -> str:
 
 
 class Preflight(Callback):
-    """Runs the checks before Hydra creates anything (see conf/hydra/default.yaml)."""
+    """Runs the checks before Hydra creates anything (see conf/hydra/default.yaml); then
+    creates and locks the run (or sweep) directory, so no other process writes into it."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         with exit_before_the_run():
-            check_single_run(config)
+            plan = check_single_run(config)
+            claim_run_dir(Path(str(config.hydra.run.dir)), plan.resumed)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         with exit_before_the_run():
-            if config.get("resume"):
+            if config.get("resume") is not None:
                 raise ConfigError(
                     "resume= continues one run: drop --multirun and resume each interrupted job "
                     "on its own, e.g. python train.py resume=logs/multiruns/<sweep>/<job>."
                 )
-            check_paths(config.hydra.sweep.dir, None)
+            sweep_dir = Path(str(config.hydra.sweep.dir))
+            check_paths(sweep_dir, None)
             check_distributed(config, multirun=True, launcher=launcher_target(config.hydra))
+            check_space(sweep_dir, None)
+            refuse_used_sweep_dir(sweep_dir)
+            lock_folder(sweep_dir, "sweep directory", "hydra.sweep.dir")
+            refuse_used_sweep_dir(sweep_dir)  # filled by another process before the lock
+        forward_sigterm_to_workers()
 
 
-def check_single_run(config: DictConfig) -> None:
+def refuse_used_sweep_dir(sweep_dir: Path) -> None:
+    """A sweep never writes into the folder of another sweep: its jobs 0, 1, ... would
+    overwrite the finished jobs there."""
+    if not sweep_dir.is_dir():
+        return
+    used = (sweep_dir / "multirun.yaml").exists() or any(
+        child.is_dir() and (holds_run(child) or (child / ".hydra").is_dir())
+        for child in sweep_dir.iterdir()
+    )
+    if used:
+        raise ConfigError(
+            f"hydra.sweep.dir={sweep_dir} already holds a sweep, whose finished jobs this one "
+            "would overwrite. Give this sweep another folder (leave hydra.sweep.dir out for a "
+            "fresh one), or continue an interrupted job there with python train.py "
+            f"resume={sweep_dir}/<job>."
+        )
+
+
+# A run writes two checkpoints and a temporary third, plus logs; a few MB besides.
+LOG_BYTES = 5 * 2**20
+
+
+def check_space(folder: Path, net: nn.Module | None) -> None:
+    """ConfigError when the disk holding `folder` has less room than a run's checkpoints."""
+    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    weights = sum(p.numel() * p.element_size() for p in net.parameters()) if net else 0
+    # weights, optimizer state (momentum) and gradients' worth of each checkpoint, three files
+    needed = 3 * 2 * weights + LOG_BYTES
+    if free < needed:
+        raise ConfigError(
+            f"no space left for the run in {folder}: the disk holding {existing} has "
+            f"{free / 2**20:.1f} MiB free and the run needs about {needed / 2**20:.1f} MiB "
+            "(its checkpoints and logs). Free some space, or point paths.log_dir at another "
+            "disk."
+        )
+
+
+def forward_sigterm_to_workers() -> None:
+    """SIGTERM to a sweep reaches the processes that run its jobs.
+
+    The joblib launcher runs jobs in worker processes; killed, the parent would leave them
+    training with nobody waiting for them. Here the parent passes SIGTERM on to its child
+    processes (each job then records itself as interrupted and rewrites the sweep report),
+    waits for them, and exits with code 130. Verified by hand with hydra/launcher=joblib
+    n_jobs=2: both jobs "interrupted", the report lists them, no worker left.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        children = child_processes()
+        for pid in children:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while children and time.monotonic() < deadline:
+            children = [pid for pid in children if alive(pid)]
+            time.sleep(0.05)
+        for pid in children:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        print(f"sweep stopped by {signal.Signals(signum).name}", file=sys.stderr)
+        sys.exit(130)  # as a single run stopped by SIGTERM
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def child_processes() -> list[int]:
+    """Process ids whose parent is this process (Linux /proc; empty elsewhere)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = entry.read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry.parent / "cmdline").read_bytes()
+            # Resource trackers clean up after the workers and end with this process.
+            if int(fields[1]) == os.getpid() and b"resource_tracker" not in cmdline:
+                found.append(int(entry.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def check_single_run(config: DictConfig) -> RunPlan:
     """The checks before a single run (the composed config with its `hydra` node); raises
     NormlabError. `Preflight` runs them for train.py, `normlab.train` before it starts Hydra."""
     plan = plan_run(config, list(config.hydra.overrides.task))
-    check_paths(config.hydra.run.dir, OmegaConf.select(plan.config, "data.root"))
-    check_run(plan, launcher=launcher_target(config.hydra))
+    run_dir = Path(str(config.hydra.run.dir))
+    check_paths(run_dir, OmegaConf.select(plan.config, "data.root"))
+    net = check_run(plan, launcher=launcher_target(config.hydra))
+    check_space(run_dir, net)
+    if not plan.resumed and holds_run(run_dir) and not secondary_rank():
+        claim_run_dir(run_dir, resumed=False)  # raises: the folder holds a run
+    return plan
 
 
 def checked_by_preflight() -> bool:

@@ -4,24 +4,38 @@
 in that same directory, from `checkpoints/last.ckpt` (written after every epoch); `eval.py` and
 `predict` read the same files. Checkpoints are only ever read with
 `torch.load(weights_only=True)`: tensors and plain containers, never pickled code.
+
+A run directory may come from someone else, so its saved config is data, not code: before
+anything is built from it, every `_target_` in it must be one normlab itself would write (an
+allowlist of prefixes) or one named by a `_target_` in this checkout's own `conf/` tree (a
+researcher's own norm class, registered by a YAML there). Anything else is refused.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import inspect
 import json
+import logging
+import os
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from normlab.errors import ConfigError
+from normlab.files import FolderLock, reraise_disk_full
+
+log = logging.getLogger("normlab")
 
 CONFIG = Path(".hydra") / "config.yaml"
 OVERRIDES = Path(".hydra") / "overrides.yaml"
@@ -30,6 +44,26 @@ CHECKPOINTS = {"best": Path("checkpoints") / "best.ckpt", "last": Path("checkpoi
 NEUTRAL_PREFIXES = ("resume=", "hydra.", "paths.")
 # The network's weights inside the LightningModule's state dict (`ImageClassifier.net`).
 NET_PREFIX = "net."
+# What a saved config may instantiate without the checkout's conf/ naming it: normlab's own
+# classes, PyTorch layers and optimizers, Lightning's Trainer, loggers and callbacks.
+TRUSTED_PREFIXES = (
+    "normlab.",
+    "torch.nn.",
+    "torch.optim.",
+    "lightning.pytorch.loggers.",
+    "lightning.pytorch.callbacks.",
+)
+TRUSTED_NAMES = ("lightning.pytorch.Trainer", "lightning.Trainer")
+# normlab's own code that writes files or opens runs is no layer, dataset or callback.
+UNTRUSTED_MODULES = (
+    "normlab.files",
+    "normlab.runner",
+    "normlab.bench",
+    "normlab.report",
+    "normlab.predict",
+)
+# The checkout's own config folder, for entry points that run without Hydra (predict).
+CHECKOUT_CONF = Path(__file__).resolve().parents[3] / "conf"
 
 
 def task_overrides() -> list[str]:
@@ -67,11 +101,140 @@ def saved_config(run_dir: str | Path, key: str) -> DictConfig:
             "normlab run directory, or the run was stopped before Hydra saved its config. For "
             "a sweep, pass one job's folder, e.g. logs/multiruns/<time>/0."
         )
-    cfg = OmegaConf.load(path)
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as err:  # a YAML syntax error, a binary file
+        first_line = (str(err).splitlines() or [""])[0]
+        raise ConfigError(
+            f"{key}={run_dir}: its saved config {path} cannot be read ({type(err).__name__}: "
+            f"{first_line}). The run directory is damaged; restore .hydra/config.yaml from a "
+            "copy, or start a new run."
+        ) from None
+    if not isinstance(cfg, DictConfig) or not all(k in cfg for k in ("model", "data", "trainer")):
+        raise ConfigError(
+            f"{key}={run_dir}: its saved config {path} is empty or not a normlab training "
+            "config (no model, data and trainer settings). The run directory is damaged or "
+            "was not written by train.py; restore .hydra/config.yaml from a copy."
+        )
+    check_trusted_targets(cfg, f"{key}={run_dir}", path)
     with open_dict(cfg):
         # Saved as ${hydra:runtime.output_dir}, which would now name another directory.
         cfg.paths.output_dir = str(run_dir)
     return cfg
+
+
+def config_dirs() -> list[Path]:
+    """The folders whose YAML files the user's entry point composes: Hydra's file config
+    sources (conf/ and any hydra.searchpath), else this checkout's conf/."""
+    dirs: list[Path] = []
+    if HydraConfig.initialized():
+        for source in HydraConfig.get().runtime.config_sources or []:
+            if source.schema == "file" and source.provider in ("main", "command-line"):
+                dirs.append(Path(source.path))
+    if not dirs and CHECKOUT_CONF.is_dir():
+        dirs.append(CHECKOUT_CONF)
+    return dirs
+
+
+@functools.lru_cache(maxsize=8)
+def _targets_in(folder: Path, stamp: float) -> frozenset[str]:
+    found: set[str] = set()
+    for path in sorted(folder.rglob("*.yaml")):
+        try:
+            data = yaml.safe_load(path.read_text())
+        except Exception:
+            continue  # Hydra reports a broken config file itself
+        found |= {str(t) for _, t in walk_targets(data) if isinstance(t, str)}
+    return frozenset(found)
+
+
+def conf_targets(dirs: list[Path]) -> frozenset[str]:
+    """Every `_target_` value written in the YAML files under `dirs`."""
+    found: frozenset[str] = frozenset()
+    for folder in dirs:
+        if folder.is_dir():
+            stamp = max((p.stat().st_mtime for p in folder.rglob("*.yaml")), default=0.0)
+            found |= _targets_in(folder.resolve(), stamp)
+    return found
+
+
+def walk_targets(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """(key path, value) of every `_target_` at any depth, lists (`_args_`) included."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key == "_target_":
+                yield where, value
+            else:
+                yield from walk_targets(value, where)
+    elif isinstance(node, list | tuple):
+        for index, value in enumerate(node):
+            yield from walk_targets(value, f"{path}[{index}]")
+
+
+def allowlisted(target: str) -> bool:
+    """Whether `target` names an object under one of TRUSTED_PREFIXES, for real.
+
+    Hydra locates `a.b.c` by importing and then following attributes, so a trusted prefix
+    alone proves nothing: `torch.nn.functional.torch.load` reaches torch.load. The object found
+    must itself be defined in the trusted package, and no step may be a dunder attribute.
+    """
+    if target in TRUSTED_NAMES:
+        return True
+    prefix = next((p for p in TRUSTED_PREFIXES if target.startswith(p)), None)
+    parts = target.split(".")
+    if prefix is None or any(not part.isidentifier() or part.startswith("__") for part in parts):
+        return False
+    try:
+        obj: Any = importlib.import_module(parts[0])
+        for depth, part in enumerate(parts[1:], start=2):
+            if hasattr(obj, part):
+                obj = getattr(obj, part)
+            else:
+                obj = importlib.import_module(".".join(parts[:depth]))
+            if inspect.ismodule(obj) and obj.__name__ != ".".join(parts[:depth]):
+                return False  # a module reached under another name (an alias)
+    except Exception:
+        return False
+    module = getattr(obj, "__module__", None)
+    return (
+        isinstance(module, str)
+        and f"{module}.".startswith(prefix)
+        and not f"{module}.".startswith(tuple(f"{m}." for m in UNTRUSTED_MODULES))
+    )
+
+
+def check_trusted_targets(cfg: DictConfig, key: str, path: Path) -> None:
+    """ConfigError for the first `_target_` in a saved config that normlab would not write and
+    this checkout's conf/ does not name. Nothing is instantiated before this passes."""
+    dirs = config_dirs()
+    named: frozenset[str] | None = None
+    container = OmegaConf.to_container(cfg, resolve=False)
+    for where, target in walk_targets(container):
+        value = target
+        if isinstance(target, str) and OmegaConf.is_interpolation(
+            OmegaConf.create({"t": target}), "t"
+        ):
+            try:  # `_target_: ${some.key}`: what it would resolve to is what counts
+                value = OmegaConf.select(cfg, where, throw_on_resolution_failure=True)
+            except Exception:
+                value = None
+        if isinstance(value, str) and allowlisted(value):
+            continue
+        if named is None:
+            named = conf_targets(dirs)
+        if isinstance(value, str) and value in named:
+            continue
+        shown = ", ".join(str(d) for d in dirs) or "conf/"
+        raise ConfigError(
+            f"{key}: refused to open: its saved config {path} sets {where}={target}, which "
+            "normlab does not trust. Opening a run directory builds every _target_ in its "
+            "config, so a run from elsewhere could run any code; only normlab's own classes, "
+            "torch.nn, torch.optim, Lightning's Trainer, loggers and callbacks, and targets "
+            f"named by a YAML file in this checkout's config folder ({shown}) are built. If you "
+            "trust it, add a YAML under conf/ that names it (e.g. conf/model/norm/mine.yaml "
+            f"with `_target_: {target}`)."
+        )
 
 
 def read_results(run_dir: str | Path) -> dict[str, Any]:
@@ -108,10 +271,17 @@ class RunPlan:
     checkpoint: Path | None  # the checkpoint training starts from
     checkpoint_key: str  # the setting that named it, for messages
     resumed: bool
+    note: str = ""  # said when the run starts (e.g. which checkpoint a resume fell back to)
 
 
 def plan_run(cfg: DictConfig, overrides: list[str]) -> RunPlan:
     """Resolve `resume=` and `ckpt_path=`; ConfigError when either cannot work."""
+    if cfg.get("resume") == "" or (cfg.get("resume") is None and "resume=" in overrides):
+        raise ConfigError(
+            "resume= is empty: give the run directory to continue, e.g. "
+            "python train.py resume=logs/runs/2026-01-31_12-00-00_1234 (for a sweep, one job's "
+            "folder: logs/multiruns/<time>/0); leave resume out to start a new run."
+        )
     if not cfg.get("resume"):
         return RunPlan(cfg, overrides, user_checkpoint(cfg.get("ckpt_path")), "ckpt_path", False)
     resume = cfg.resume
@@ -124,11 +294,56 @@ def plan_run(cfg: DictConfig, overrides: list[str]) -> RunPlan:
             f"with ckpt_path={Path(resume) / CHECKPOINTS['last']} plus your overrides."
         )
     run_dir = Path(resume).expanduser()
+    if read_results(run_dir).get("status") == "completed":
+        raise ConfigError(
+            f"resume={run_dir}: this run has completed (results.json says so); there is "
+            f"nothing to continue. Re-test it with python eval.py run={run_dir}, or start a new "
+            "run to train longer."
+        )
     original = OmegaConf.load(run_dir / OVERRIDES) if (run_dir / OVERRIDES).is_file() else []
-    last = run_dir / CHECKPOINTS["last"]
     # Killed before its first checkpoint: the run starts again from step 0, in its directory.
-    checkpoint = last if last.is_file() else None
-    return RunPlan(saved, [str(o) for o in original], checkpoint, "resume", True)
+    checkpoint, note = resume_checkpoint(run_dir)
+    return RunPlan(saved, [str(o) for o in original], checkpoint, "resume", True, note)
+
+
+def resume_checkpoint(run_dir: Path) -> tuple[Path | None, str]:
+    """The checkpoint a resumed run continues from: last.ckpt, or when it cannot be read (a
+    crash mid-write on a file system without atomic renames, a damaged copy) the newest
+    checkpoint that can, said in the note. None when the run never wrote one; ConfigError when
+    it wrote some and none can be read (starting over would discard the run)."""
+    last = run_dir / CHECKPOINTS["last"]
+    found = (
+        sorted((run_dir / "checkpoints").glob("*.ckpt"))
+        if (run_dir / "checkpoints").is_dir()
+        else []
+    )
+    if not found:
+        return None, ""
+    readable: list[tuple[tuple[int, int, bool], Path]] = []
+    problems: list[str] = []
+    for path in found:
+        try:
+            state = load_checkpoint(path, "resume")
+        except ConfigError as err:
+            problems.append(f"{path.name}: {str(err).split(': ', 1)[-1].split('. ')[0]}")
+            continue
+        rank = (int(state.get("epoch", -1)), int(state.get("global_step", -1)), path == last)
+        readable.append((rank, path))
+    if not readable:
+        raise ConfigError(
+            f"resume={run_dir}: none of its checkpoints can be read ({'; '.join(problems)}), "
+            "so it cannot be continued, and starting over would discard it. Restore "
+            "checkpoints/ from a copy, or start a new run; nothing was changed."
+        )
+    newest = max(readable)[1]
+    if newest == last:
+        return last, ""
+    why = "is missing" if not last.exists() else "cannot be read"
+    return newest, (
+        f"checkpoints/last.ckpt {why}; resuming from the newest readable checkpoint, "
+        f"checkpoints/{newest.name} (epoch {max(readable)[0][0]}): the run repeats the epochs "
+        "after it."
+    )
 
 
 def user_checkpoint(ckpt_path: str | None) -> Path | None:
@@ -248,3 +463,82 @@ def history_from_last_checkpoint(checkpoint_dirs: list[Path]) -> list[dict[str, 
             states = load_checkpoint(path, "checkpoint").get("callbacks", {})
             return list(states.get("MetricHistory", {}).get("epochs", []))
     return []
+
+
+# --- one process per run directory ----------------------------------------------------------
+
+_claims: dict[Path, FolderLock] = {}
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether `folder` already holds a training run's results or checkpoints."""
+    return (folder / "results.json").exists() or (folder / "checkpoints").is_dir()
+
+
+def secondary_rank() -> bool:
+    """A process Lightning (or a cluster) started for DDP rank > 0: it shares rank 0's folder."""
+    return any(os.environ.get(name, "0") not in ("", "0") for name in RANK_VARIABLES)
+
+
+RANK_VARIABLES = ("LOCAL_RANK", "RANK", "NODE_RANK", "SLURM_PROCID")
+
+
+def lock_folder(folder: Path, what: str, key: str) -> None:
+    """Hold `folder`'s lock until this process ends (or `release_folder`); ConfigError when
+    another process holds it."""
+    folder = Path(folder).expanduser().absolute()
+    if folder in _claims:
+        return
+    with reraise_disk_full(folder.parent, f"could not create {folder.name}"):
+        folder.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock(folder)
+    if not lock.acquire():
+        raise ConfigError(
+            f"{key}={folder}: another process is using this {what} right now (it holds the "
+            "folder's lock). Wait for it to finish, or stop it first; two processes writing "
+            "one folder would overwrite each other's checkpoints and results."
+        )
+    _claims[folder] = lock
+
+
+def held_here(folder: Path) -> bool:
+    return Path(folder).expanduser().absolute() in _claims
+
+
+def release_folder(folder: Path) -> None:
+    lock = _claims.pop(Path(folder).expanduser().absolute(), None)
+    if lock is not None:
+        lock.release()
+
+
+def claim_run_dir(run_dir: str | Path, resumed: bool, key: str = "hydra.run.dir") -> None:
+    """Create and lock the run directory for this process.
+
+    A new run refuses a folder that already holds a run (resume= is how to continue one); two
+    processes never share one run directory (two resume= of one run: the second refuses).
+    """
+    if secondary_rank():
+        return
+    run_dir = Path(run_dir).expanduser()
+
+    def refuse_existing() -> None:
+        if not resumed and holds_run(run_dir):
+            raise ConfigError(
+                f"{key}={run_dir} already holds a run (results.json or checkpoints/), and a new "
+                "run would overwrite it. Continue it with python train.py "
+                f"resume={run_dir}, re-test it with python eval.py run={run_dir}, or give the "
+                "new run another folder (leave hydra.run.dir out for a fresh one)."
+            )
+
+    refuse_existing()
+    lock_folder(run_dir, "run directory", "resume" if resumed else key)
+    try:
+        refuse_existing()  # created by another process between the check and the lock
+    except ConfigError:
+        release_folder(run_dir)
+        raise
+    # Temporary files of writes a crash cut short (normlab.files.atomic_open): with the lock
+    # held, no other process is writing them.
+    for stale in (*run_dir.glob(".*.tmp"), *run_dir.glob("checkpoints/.*.tmp")):
+        if re.fullmatch(r"\..+\.[0-9a-f]{8}\.tmp", stale.name):
+            stale.unlink(missing_ok=True)

@@ -69,3 +69,17 @@ def sweep_dir_of(config: DictConfig) -> Path:
     output_dir = Path(config.hydra.runtime.output_dir)
     depth = len(Path(str(config.hydra.sweep.subdir)).parts)
     return output_dir.parents[depth - 1]
+
+
+def report_interrupted_sweep() -> None:
+    """Rewrite the report of the sweep this job belongs to. A sweep stopped by Ctrl-C or
+    SIGTERM ends without `on_multirun_end`; its interrupted job writes the report instead, so
+    the report lists it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    depth = len(Path(str(hydra_cfg.sweep.subdir)).parts)
+    SweepReport()._write(output_dir.parents[depth - 1])

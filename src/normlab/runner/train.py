@@ -6,6 +6,7 @@ results.json. The runner is the only part of normlab that knows both Hydra and L
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections.abc import Mapping
@@ -16,24 +17,31 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import EarlyStopping, Timer
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.model_summary import ModelSummary
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from normlab.errors import NormlabError
-from normlab.files import atomic_open, write_json
+from normlab.files import DiskFullError, atomic_open, disk_full, write_json
 from normlab.runner.build import build_module, build_network, build_trainer
 from normlab.runner.checks import check_run, checked_by_preflight
 from normlab.runner.cli import in_multirun, quiet_lightning
 from normlab.runner.console import JOB_SUMMARY
 from normlab.runner.names import defining_hparams, run_name
 from normlab.runner.rundir import (
+    claim_run_dir,
     history_from_last_checkpoint,
     launcher_target,
     plan_run,
+    release_folder,
     task_overrides,
 )
+<<<<<<< HEAD
 from normlab.runner.threads import threads_for_run
+=======
+from normlab.runner.sweep import report_interrupted_sweep
+>>>>>>> main
 from normlab.training import ImageClassifier, MetricHistory, divergence_record
 from normlab.training.hparams import record_hparams
 
@@ -53,13 +61,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     with open_dict(cfg):
         cfg.name = name  # the TensorBoard run's folder: logger.tensorboard.version is ${name}
     output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    # Checked, created and locked by Preflight for a single run; a sweep's job does it here.
+    claim_run_dir(output_dir, plan.resumed, key="hydra.sweep.dir job")
     started = time.perf_counter()
     quiet_lightning()
     results: dict[str, Any] = {"status": "failed"}
     trainer: L.Trainer | None = None
+<<<<<<< HEAD
     threads: int | None = None
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+=======
+    training = False  # whether fit() started: before it, a resumed run's files stay as they were
+>>>>>>> main
     try:
         if not checked_by_preflight():  # a job of a sweep, or a call from Python
             check_run(plan, multirun=in_multirun(), launcher=launcher_target())
@@ -77,18 +90,32 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if plan.resumed:
             start = plan.checkpoint or "the start (no checkpoint)"
             log.info("resuming %s from %s", output_dir, start)
+        if plan.note:
+            log.warning("%s", plan.note)
+        if trainer.is_global_zero:
+            # Until the run ends, results.json says it started: a job killed outright (SIGKILL,
+            # an out-of-memory kill) is then listed by the report as interrupted, not missing.
+            write_json(
+                output_dir / "results.json", {"status": "running", "overrides": plan.overrides}
+            )
+        training = True
         trainer.fit(module, datamodule=datamodule, ckpt_path=plan.checkpoint, weights_only=True)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         tested = trainer.test(
             module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True
         )
-        best = str(Path(best).relative_to(output_dir)) if best else ""
+        best = relative_to_run(best, output_dir)
         results = collect_results(trainer, tested[0] if tested else {}, best)
         results.update(data_record(datamodule))
         # status "diverged" (and where) when the DivergenceGuard stopped the run early.
         results.update(divergence_record(trainer))
+<<<<<<< HEAD
         hparams = defining_hparams(cfg, name, plan.overrides, choices)
         record_hparams(trainer.loggers, hparams, results, step=trainer.global_step)
+=======
+        results.update(stop_record(trainer, results))
+        record_hparams(trainer.loggers, module.hparams, results, step=trainer.global_step)
+>>>>>>> main
     except NormlabError as err:
         results["error"] = str(err)
         raise
@@ -97,6 +124,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results["status"] = "interrupted"
         log.warning("interrupted; continue with: python train.py resume=%s", output_dir)
         raise KeyboardInterrupt from None
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            failure = disk_full(output_dir, "the run stopped")
+            results["error"] = str(failure)
+            raise failure from None
+        results["error"] = f"{type(err).__name__}: {err}"
+        raise
     except Exception as err:
         results["error"] = f"{type(err).__name__}: {err}"
         raise
@@ -105,12 +139,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             results.update(collect_results(trainer, {}, "", status=results["status"]))
         results["wall_s"] = round(time.perf_counter() - started, 3)
         results["overrides"] = plan.overrides
+<<<<<<< HEAD
         results["name"] = name
         results["threads"] = threads
         results["tags"] = [str(t) for t in cfg.get("tags") or []]
         # Under DDP every rank runs this function; rank 0 holds the reduced metrics.
         if trainer is None or trainer.is_global_zero:
             write_json(output_dir / "results.json", results)
+=======
+        # Under DDP every rank runs this function; rank 0 holds the reduced metrics. A resumed
+        # run that failed before training keeps the results.json it had.
+        if (trainer is None or trainer.is_global_zero) and (training or not plan.resumed):
+            record_results(output_dir, results)
+        # The next job of a sweep (or the next normlab.train call) runs in this process.
+        release_folder(output_dir)
+        if in_multirun() and results["status"] == "interrupted":
+            report_interrupted_sweep()
+>>>>>>> main
     if not trainer.is_global_zero:
         return results
     summary = final_summary(results)
@@ -122,6 +167,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
+<<<<<<< HEAD
 def final_summary(results: Mapping[str, Any]) -> str:
     """`val acc best 0.9667, test acc 0.9444 (3 epochs, 4.1 s)`; missing figures as `-`."""
 
@@ -139,6 +185,49 @@ def final_summary(results: Mapping[str, Any]) -> str:
 
 def plural(count: Any, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
+=======
+def record_results(output_dir: Path, results: dict[str, Any]) -> None:
+    """Write results.json; on a full disk, say so instead of hiding the run's own error."""
+    try:
+        write_json(output_dir / "results.json", results)
+    except DiskFullError as err:
+        log.error("results.json not written: %s", err)
+
+
+def relative_to_run(path: str, output_dir: Path) -> str:
+    """A checkpoint's path relative to the run directory (as results.json records it)."""
+    if not path:
+        return ""
+    try:
+        return str(Path(path).resolve().relative_to(output_dir.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def stop_record(trainer: L.Trainer, results: Mapping[str, Any]) -> dict[str, Any]:
+    """Why training ended: "max_epochs", or what cut it short (max_time, max_steps, early
+    stopping, divergence)."""
+    if results.get("status") == "diverged":
+        return {"stopped_by": "divergence"}
+    max_epochs = trainer.max_epochs
+    if max_epochs is None or max_epochs < 0 or results.get("epochs_completed", 0) >= max_epochs:
+        return {"stopped_by": "max_epochs"}
+    timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)
+    remaining = timer.time_remaining("train") if timer is not None else None
+    if remaining is not None and remaining <= 0:
+        done = results.get("epochs_completed")
+        return {
+            "stopped_by": "max_time",
+            "stopped_reason": f"trainer.max_time ran out after {done} of {max_epochs} epochs",
+        }
+    if 0 < trainer.max_steps <= trainer.global_step:
+        return {"stopped_by": "max_steps"}
+    if any(
+        getattr(cb, "stopped_epoch", 0) for cb in trainer.callbacks if isinstance(cb, EarlyStopping)
+    ):
+        return {"stopped_by": "early_stopping"}
+    return {"stopped_by": "other", "stopped_reason": "training ended before trainer.max_epochs"}
+>>>>>>> main
 
 
 def collect_results(

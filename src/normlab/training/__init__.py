@@ -1,5 +1,6 @@
 """Lightning, without Hydra: the LightningModule, the schedules and the training callbacks."""
 
+from normlab.training.checkpoints import ModelCheckpoint
 from normlab.training.divergence import DivergenceGuard, divergence_record
 from normlab.training.history import MetricHistory
 from normlab.training.module import ImageClassifier
@@ -10,6 +11,7 @@ __all__ = [
     "DivergenceGuard",
     "ImageClassifier",
     "MetricHistory",
+    "ModelCheckpoint",
     "RNGState",
     "TerminalProgressBar",
     "divergence_record",

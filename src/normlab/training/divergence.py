@@ -8,6 +8,7 @@ hours of training on NaN weights.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,18 +23,18 @@ class DivergenceGuard(L.Callback):
     `max_loss`).
 
     Reading a loss on the host (`loss.item()`) waits for the device to finish every queued
-    kernel; doing that on each step would stall a GPU pipeline. So each step only ORs a
-    "non-finite" flag into a tensor that stays on the device (no sync), and the flag is read
+    kernel; doing that on each step would stall a GPU pipeline. So each step only updates the
+    largest |loss| seen, a tensor that stays on the device (no sync), and it is read
     every `check_every_n_steps` steps and at the end of each training epoch. A NaN is
     therefore caught at most that many steps late, which costs nothing: once the weights are
     NaN, every later loss is too. Lightning then runs the validation it always runs before an
     early stop, so the run's last epoch records the collapse.
 
     Args:
-        check_every_n_steps: read the flag on the host this often (optimizer steps).
-        max_loss: also count a loss above this as divergence (None: only NaN/inf). A network
-            whose loss has exploded to 1e20 has diverged even when it stays finite (it usually
-            comes back as a dead network at chance accuracy).
+        check_every_n_steps: read the largest |loss| on the host this often (optimizer steps).
+        max_loss: also count a loss whose magnitude exceeds this as divergence (None: only
+            NaN/inf). A network whose loss has exploded to 1e20 has diverged even when it
+            stays finite (it usually comes back as a dead network at chance accuracy).
     """
 
     def __init__(self, check_every_n_steps: int = 25, max_loss: float | None = None) -> None:
@@ -43,7 +44,7 @@ class DivergenceGuard(L.Callback):
         self.max_loss = max_loss
         self.diverged_at_step: int | None = None
         self.diverged_at_epoch: int | None = None
-        self._nonfinite: torch.Tensor | None = None
+        self._worst: torch.Tensor | None = None  # the largest |loss| so far
 
     @property
     def diverged(self) -> bool:
@@ -60,11 +61,12 @@ class DivergenceGuard(L.Callback):
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if not isinstance(loss, torch.Tensor):
             return  # manual optimization that returns nothing: nothing to watch
-        loss = loss.detach()
-        bad = ~torch.isfinite(loss).all()
-        if self.max_loss is not None:
-            bad = bad | (loss > self.max_loss).any()
-        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+        # One running maximum of |loss| (one or two tensor operations a step): NaN and
+        # +-inf carry through torch.maximum, and the largest magnitude is what max_loss bounds.
+        magnitude = loss.detach().abs()
+        if magnitude.ndim:
+            magnitude = magnitude.amax()
+        self._worst = magnitude if self._worst is None else torch.maximum(self._worst, magnitude)
         if trainer.global_step % self.check_every_n_steps == 0:
             self._check(trainer)
 
@@ -72,10 +74,12 @@ class DivergenceGuard(L.Callback):
         self._check(trainer)
 
     def _check(self, trainer: L.Trainer) -> None:
-        if self._nonfinite is None or self.diverged:
+        if self._worst is None or self.diverged:
             return
+        worst = float(self._worst)
+        bad = not math.isfinite(worst) or (self.max_loss is not None and worst > self.max_loss)
         # Every process must take the same decision, or DDP ranks would wait on each other.
-        bad = trainer.strategy.reduce_boolean_decision(bool(self._nonfinite), all=False)
+        bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
         if not bad:
             return
         self.diverged_at_step = trainer.global_step

@@ -14,8 +14,10 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MaxMetric, MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import MaxMetric
+
+from normlab.training.hooks import TRAINING_STEP_HOOKS, skip_inherited_batch_hooks
+from normlab.training.metrics import Accuracy, Mean
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 # Called as schedule(optimizer, total_steps=...); see normlab.training.schedules.
@@ -26,7 +28,9 @@ class ImageClassifier(L.LightningModule):
     """Train `net` with cross-entropy and report accuracy per stage.
 
     Accuracy is micro-averaged (correct predictions / images), which is what the lesson
-    computes; torchmetrics' `MulticlassAccuracy` would default to the macro average.
+    computes; torchmetrics' `MulticlassAccuracy` would default to the macro average. The
+    loss and accuracy are running sums (`normlab.training.metrics`): a step adds to them
+    with a few tensor operations and never waits for the device.
 
     Logged: `train/loss`, `train/acc`, `val/loss`, `val/acc`, `val/acc_best` (best epoch so
     far), `test/loss`, `test/acc`. Epoch time and learning rate come from callbacks.
@@ -36,7 +40,7 @@ class ImageClassifier(L.LightningModule):
         optimizer: called with the parameters; e.g. `functools.partial(torch.optim.SGD, lr=0.1)`.
         scheduler: called with the optimizer and `total_steps`, e.g.
             `functools.partial(normlab.training.schedules.cosine, min_lr=0.0)`; None = constant.
-        num_classes: number of classes, for the accuracy metrics.
+        num_classes: number of classes the network predicts.
         compile: compile the network with `torch.compile` in place (`nn.Module.compile`, so
             parameter names carry no `_orig_mod.` and checkpoints load into an uncompiled
             network). True for the defaults, or a mapping of `torch.compile` options, e.g.
@@ -69,20 +73,25 @@ class ImageClassifier(L.LightningModule):
         if compile:
             self.net.compile(**(dict(compile) if isinstance(compile, Mapping) else {}))
 
-        # Neither metric may synchronize with the host on every step: input validation
-        # (torch.unique over the labels) and the NaN check (`if nans.any()`) both would, so
-        # they are off. A NaN loss then shows up as a NaN epoch loss instead of being dropped.
-        def accuracy() -> MulticlassAccuracy:
-            return MulticlassAccuracy(num_classes=num_classes, average="micro", validate_args=False)
-
-        def mean() -> MeanMetric:
-            return MeanMetric(nan_strategy="disable")
-
-        self.train_acc, self.val_acc, self.test_acc = accuracy(), accuracy(), accuracy()
-        self.train_loss, self.val_loss, self.test_loss = mean(), mean(), mean()
+        # Neither metric synchronizes with the host on a step (no input validation, no NaN
+        # check): a NaN loss shows up as a NaN epoch loss.
+        self.num_classes = num_classes
+        self.train_acc, self.val_acc, self.test_acc = Accuracy(), Accuracy(), Accuracy()
+        self.train_loss, self.val_loss, self.test_loss = Mean(), Mean(), Mean()
         self.val_acc_best = MaxMetric()
         # Part of the checkpoint, so a resumed run remembers its best epoch.
         self.val_acc_best.persistent(True)
+        # None of Lightning's per-step hooks is used here: it need not call them.
+        skip_inherited_batch_hooks(self, L.LightningModule, TRAINING_STEP_HOOKS)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning records the hook it is in (a string) before and after every hook call, some
+        # forty times a training step; `nn.Module.__setattr__`'s checks for parameters, buffers
+        # and submodules cannot apply to it.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:

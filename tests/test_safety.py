@@ -1,0 +1,247 @@
+"""Run directories are data, not code; checks fail closed; nothing written is lost.
+
+Fast tests call the runner's functions on small files; the slow ones run the real `train.py`,
+`eval.py` and predict on a malicious run directory and on a moved one.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO
+from omegaconf import OmegaConf
+
+from normlab.errors import ConfigError
+from normlab.files import DiskFullError, folder_in_use, write_json
+from normlab.runner import checks, rundir
+from normlab.runner.rundir import allowlisted, claim_run_dir, plan_run, release_folder
+from normlab.training.checkpoints import reroot
+
+MARKER_CODE = "open({marker!r}, 'w')"
+
+
+def saved_run(folder: Path, compose_cfg, edit=None) -> Path:
+    """A run directory holding a saved config (data=digits) and optionally edited."""
+    cfg = compose_cfg(["data=digits"])
+    container = OmegaConf.to_container(cfg, resolve=False)
+    container.pop("hydra", None)
+    if edit:
+        edit(container)
+    (folder / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(container), folder / ".hydra" / "config.yaml")
+    return folder
+
+
+MALICIOUS = {
+    "builtins.open in the norm": lambda c: c["model"].update(
+        norm={"_target_": "builtins.open", "_partial_": True}
+    ),
+    "torch.load with weights_only false": lambda c: c["callbacks"].update(
+        evil={"_target_": "torch.load", "f": "x.pt", "weights_only": False}
+    ),
+    "os.system nested in _args_": lambda c: c["optimizer"].update(
+        _args_=[{"_target_": "os.system", "_args_": ["touch marker"]}]
+    ),
+    "subprocess.run deep in a list": lambda c: c["callbacks"].update(
+        x={
+            "_target_": "normlab.training.MetricHistory",
+            "y": [{"z": {"_target_": "subprocess.run"}}],
+        }
+    ),
+    "a trusted prefix reaching torch.load": lambda c: c["callbacks"].update(
+        evil={"_target_": "torch.nn.functional.torch.load"}
+    ),
+    "normlab's own file writer": lambda c: c["callbacks"].update(
+        evil={"_target_": "normlab.files.write_json"}
+    ),
+    "an interpolation to builtins.exec": lambda c: c.update(
+        payload="builtins.exec", model={**c["model"], "norm": {"_target_": "${payload}"}}
+    ),
+}
+
+
+@pytest.mark.parametrize("name", MALICIOUS)
+def test_untrusted_targets_are_refused_naming_the_key(name, compose_cfg, tmp_path):
+    run = saved_run(tmp_path / "run", compose_cfg, MALICIOUS[name])
+    with pytest.raises(ConfigError, match="refused to open") as err:
+        rundir.saved_config(run, "run")
+    message = " ".join(str(err.value).split())
+    assert "_target_=" in message and "add a YAML under conf/" in message
+
+
+def test_the_shipped_configs_and_a_norm_that_conf_names_are_trusted(compose_cfg, tmp_path):
+    run = saved_run(tmp_path / "run", compose_cfg)
+    assert rundir.saved_config(run, "run").model._target_ == "normlab.nn.SeedCNN"
+    # A researcher's own norm class, registered by a YAML in the checkout's conf/.
+    conf = tmp_path / "conf"
+    shutil.copytree(REPO / "conf", conf)
+    (conf / "model" / "norm" / "mine.yaml").write_text("_target_: mylab.MyNorm\n_partial_: true\n")
+    mine = saved_run(
+        tmp_path / "mine",
+        compose_cfg,
+        lambda c: c["model"].update(norm={"_target_": "mylab.MyNorm", "_partial_": True}),
+    )
+    with pytest.raises(ConfigError, match=r"model.norm._target_=mylab.MyNorm"):
+        rundir.saved_config(mine, "run")
+    original = rundir.config_dirs
+    rundir.config_dirs = lambda: [conf]
+    try:
+        assert rundir.saved_config(mine, "run").model.norm._target_ == "mylab.MyNorm"
+    finally:
+        rundir.config_dirs = original
+
+
+def test_allowlist_follows_the_object_not_the_spelling():
+    for good in ("torch.nn.Conv2d", "torch.optim.SGD", "normlab.nn.GroupNorm",
+                 "lightning.pytorch.Trainer", "lightning.pytorch.callbacks.ModelCheckpoint",
+                 "lightning.pytorch.loggers.CSVLogger", "torch.nn.ReLU"):  # fmt: skip
+        assert allowlisted(good), good
+    for bad in ("builtins.open", "torch.load", "torch.nn.functional.torch.load",
+                "torch.nn.modules.module.os.system", "normlab.runner.rundir.torch.load",
+                "torch.nn.Module.__init__", "normlabx.y", "normlab.files.write_json"):  # fmt: skip
+        assert not allowlisted(bad), bad
+
+
+def test_damaged_saved_configs_get_a_clear_error(tmp_path):
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    path = tmp_path / "run" / ".hydra" / "config.yaml"
+    for text, says in (("", "is empty or not a normlab training config"),
+                       ("a: [\n", "cannot be read (ParserError")):  # fmt: skip
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=r"resume=.*" + says.replace("(", r"\(")):
+            rundir.saved_config(tmp_path / "run", "resume")
+
+
+def test_empty_resume_is_an_error(compose_cfg):
+    cfg = compose_cfg(["data=digits", "resume="])
+    with pytest.raises(ConfigError, match="resume= is empty"):
+        plan_run(cfg, ["resume="])
+
+
+def write_checkpoint(path: Path, epoch: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {}, "epoch": epoch, "global_step": 10 * epoch}, path)
+
+
+def test_resume_falls_back_to_the_newest_readable_checkpoint(compose_cfg, tmp_path):
+    run = saved_run(tmp_path / "run", compose_cfg)
+    write_checkpoint(run / "checkpoints" / "best.ckpt", 1)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    cfg = compose_cfg(["data=digits", f"resume={run}"])
+    plan = plan_run(cfg, [f"resume={run}"])
+    assert plan.checkpoint == run / "checkpoints" / "best.ckpt"
+    assert "last.ckpt cannot be read; resuming from the newest readable" in plan.note
+    (run / "checkpoints" / "best.ckpt").write_bytes(b"PK\x03")
+    with pytest.raises(ConfigError, match="none of its checkpoints can be read"):
+        plan_run(cfg, [f"resume={run}"])
+    write_json(run / "results.json", {"status": "completed"})
+    with pytest.raises(ConfigError, match="this run has completed"):
+        plan_run(cfg, [f"resume={run}"])
+
+
+def test_a_run_folder_is_locked_and_an_existing_run_is_not_overwritten(tmp_path):
+    run = tmp_path / "run"
+    claim_run_dir(run, resumed=False)
+    assert folder_in_use(run)
+    code = (
+        "import sys; from normlab.runner.rundir import claim_run_dir\n"
+        f"claim_run_dir({str(run)!r}, resumed=True)\n"
+    )
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert "another process is using this run directory" in proc.stderr
+    release_folder(run)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    (run / "results.json").write_text("{}")
+    with pytest.raises(ConfigError, match="already holds a run"):
+        claim_run_dir(run, resumed=False)
+
+
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        ("seed=-1", "seed=-1: the seed must be an integer from 0 to 4294967295"),
+        (f"seed={2**40}", "the seed must be an integer from 0 to"),
+        ("optimizer.lr=nan", "optimizer.lr=nan: the learning rate must be a positive number"),
+        ("optimizer.lr=inf", "optimizer.lr=inf"),
+        ("data.std=[0.5,0,0.5]", "data.std=[0.5, 0, 0.5]: every channel's value must be"),
+        ("data.train_size=1", "data.train_size=1 is smaller than data.batch_size=32"),
+        ("data.train_size=0", "data.train_size=0: must be a positive integer"),
+        ("+trainer.limit_train_batches=0", "trainer.limit_train_batches=0: the run would train"),
+    ],
+)
+def test_out_of_range_and_no_batch_values_are_refused(compose_cfg, override, says):
+    with pytest.raises(ConfigError) as err:
+        checks.check_values(compose_cfg(["data=digits", override]))
+    assert says in str(err.value)
+
+
+def test_results_are_strict_json(tmp_path):
+    write_json(
+        tmp_path / "r.json", {"a": math.nan, "b": [math.inf, 1.0], "c": torch.tensor(-math.inf)}
+    )
+    text = (tmp_path / "r.json").read_text()
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(c)) == {
+        "a": None, "b": [None, 1.0], "c": None,
+    }  # fmt: skip
+
+
+def test_a_full_disk_names_the_folder_and_keeps_the_old_file(tmp_path, monkeypatch):
+    write_json(tmp_path / "results.json", {"status": "running"})
+    real_fsync = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(DiskFullError, match=f"no space left on the device holding {tmp_path}"):
+        write_json(tmp_path / "results.json", {"status": "completed"})
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert json.loads((tmp_path / "results.json").read_text()) == {"status": "running"}
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_preflight_refuses_a_disk_without_room(tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 1000))
+    with pytest.raises(ConfigError, match=r"no space left for the run in .*needs about"):
+        checks.check_space(tmp_path / "run", None)
+
+
+def test_checkpoint_paths_follow_a_moved_run():
+    state = {
+        "dirpath": "/old/run/checkpoints",
+        "best_model_path": "/old/run/checkpoints/best.ckpt",
+        "best_k_models": {"/old/run/checkpoints/best.ckpt": torch.tensor(0.9)},
+        "monitor": "val/acc",
+    }
+    moved = reroot(state, "/old/run/checkpoints", "/new/place/checkpoints")
+    assert moved["best_model_path"] == "/new/place/checkpoints/best.ckpt"
+    assert list(moved["best_k_models"]) == ["/new/place/checkpoints/best.ckpt"]
+    assert moved["monitor"] == "val/acc"
+
+
+def test_a_job_killed_while_running_is_reported_as_interrupted(tmp_path):
+    from normlab.files import FolderLock
+    from normlab.report.sweep import load_job
+
+    job = tmp_path / "0"
+    job.mkdir()
+    write_json(job / "results.json", {"status": "running", "overrides": ["seed=0"]})
+    assert load_job(job).status == "interrupted"  # nobody holds its lock: it was killed
+    lock = FolderLock(job)
+    assert lock.acquire()
+    try:
+        assert load_job(job).status == "running"  # still training
+    finally:
+        lock.release()
