@@ -86,18 +86,15 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     callbacks = instantiate_all(cfg.get("callbacks"))
     if not loggers:  # logger=none: Lightning refuses a LearningRateMonitor with nowhere to log
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
-<<<<<<< HEAD
     if not any(isinstance(cb, ProgressBar) for cb in callbacks):
         # callbacks=none: Lightning would pick RichProgressBar when rich is installed, which
         # writes nothing useful into a redirected log.
         callbacks.append(TerminalProgressBar())
-=======
     for callback in callbacks:
         skip_inherited_batch_hooks(callback, L.Callback)
     extra: dict[str, Any] = {}
     if cfg.trainer.get("profiler") is None:
         extra["profiler"] = NoProfiler()
->>>>>>> main
     return instantiate(
         cfg.trainer,
         callbacks=callbacks,

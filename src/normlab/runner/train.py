@@ -37,11 +37,8 @@ from normlab.runner.rundir import (
     release_folder,
     task_overrides,
 )
-<<<<<<< HEAD
-from normlab.runner.threads import threads_for_run
-=======
 from normlab.runner.sweep import report_interrupted_sweep
->>>>>>> main
+from normlab.runner.threads import threads_for_run
 from normlab.training import ImageClassifier, MetricHistory, divergence_record
 from normlab.training.hparams import record_hparams
 
@@ -67,12 +64,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     quiet_lightning()
     results: dict[str, Any] = {"status": "failed"}
     trainer: L.Trainer | None = None
-<<<<<<< HEAD
     threads: int | None = None
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
-=======
     training = False  # whether fit() started: before it, a resumed run's files stay as they were
->>>>>>> main
     try:
         if not checked_by_preflight():  # a job of a sweep, or a call from Python
             check_run(plan, multirun=in_multirun(), launcher=launcher_target())
@@ -109,13 +103,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results.update(data_record(datamodule))
         # status "diverged" (and where) when the DivergenceGuard stopped the run early.
         results.update(divergence_record(trainer))
-<<<<<<< HEAD
+        results.update(stop_record(trainer, results))
         hparams = defining_hparams(cfg, name, plan.overrides, choices)
         record_hparams(trainer.loggers, hparams, results, step=trainer.global_step)
-=======
-        results.update(stop_record(trainer, results))
-        record_hparams(trainer.loggers, module.hparams, results, step=trainer.global_step)
->>>>>>> main
     except NormlabError as err:
         results["error"] = str(err)
         raise
@@ -139,14 +129,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             results.update(collect_results(trainer, {}, "", status=results["status"]))
         results["wall_s"] = round(time.perf_counter() - started, 3)
         results["overrides"] = plan.overrides
-<<<<<<< HEAD
         results["name"] = name
         results["threads"] = threads
         results["tags"] = [str(t) for t in cfg.get("tags") or []]
-        # Under DDP every rank runs this function; rank 0 holds the reduced metrics.
-        if trainer is None or trainer.is_global_zero:
-            write_json(output_dir / "results.json", results)
-=======
         # Under DDP every rank runs this function; rank 0 holds the reduced metrics. A resumed
         # run that failed before training keeps the results.json it had.
         if (trainer is None or trainer.is_global_zero) and (training or not plan.resumed):
@@ -155,7 +140,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         release_folder(output_dir)
         if in_multirun() and results["status"] == "interrupted":
             report_interrupted_sweep()
->>>>>>> main
     if not trainer.is_global_zero:
         return results
     summary = final_summary(results)
@@ -167,7 +151,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-<<<<<<< HEAD
 def final_summary(results: Mapping[str, Any]) -> str:
     """`val acc best 0.9667, test acc 0.9444 (3 epochs, 4.1 s)`; missing figures as `-`."""
 
@@ -185,7 +168,8 @@ def final_summary(results: Mapping[str, Any]) -> str:
 
 def plural(count: Any, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
-=======
+
+
 def record_results(output_dir: Path, results: dict[str, Any]) -> None:
     """Write results.json; on a full disk, say so instead of hiding the run's own error."""
     try:
@@ -227,7 +211,6 @@ def stop_record(trainer: L.Trainer, results: Mapping[str, Any]) -> dict[str, Any
     ):
         return {"stopped_by": "early_stopping"}
     return {"stopped_by": "other", "stopped_reason": "training ended before trainer.max_epochs"}
->>>>>>> main
 
 
 def collect_results(
