@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import run_train
+from conftest import run_train, tensorboard_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from normlab.bench.cifar_files import write_cifar10
@@ -20,7 +20,7 @@ RESULT_FIELDS = {
 
 def scalar_tags(run_dir):
     tags = set()
-    for events in (run_dir / "tensorboard").glob("events.out.tfevents.*"):
+    for events in tensorboard_dir(run_dir).glob("events.out.tfevents.*"):
         acc = EventAccumulator(str(events))
         acc.Reload()
         tags |= set(acc.Tags()["scalars"])
