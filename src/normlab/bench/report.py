@@ -172,15 +172,22 @@ def format_table(rows: list[dict[str, Any]], results: dict[str, Any], sizes: Siz
     steps = ", ".join(f"{n:,} at batch {b}" for b, n in sizes.train_steps.items())
     notes = [
         f"machine: {m['cpu']}, {m['cpu_cores']} cores ({m['torch_threads']} torch threads), "
-        f"{device}; torch {m['torch']}",
-        f"* an epoch of {sizes.train_images:,} training and {sizes.test_images:,} evaluated "
-        f"images (the lesson's), extrapolated from {steps} measured steps and "
-        f"{sizes.eval_images:,} evaluated images; best of {sizes.repeats} alternating runs",
-        "loader: normlab's batches include random crop, flip and normalization (a whole epoch "
-        "measured); the lesson's pipeline is ToTensor + Normalize in 2 worker processes ("
-        + ", ".join(f"{n:,} images at batch {b}" for b, n in sizes.loader_images.items())
-        + ")",
+        f"{device}; torch {m['torch']}"
     ]
+    if "training" in results:
+        notes.append(
+            f"* an epoch of {sizes.train_images:,} training and {sizes.test_images:,} evaluated "
+            f"images (the lesson's), extrapolated from {steps} measured steps and "
+            f"{sizes.eval_images:,} evaluated images; best of {sizes.repeats} alternating runs"
+        )
+    if "loader" in results:
+        notes.append(
+            "loader: normlab's batches include random crop, flip and normalization (a whole "
+            "epoch measured); the lesson's pipeline is ToTensor + Normalize in 2 worker "
+            "processes ("
+            + ", ".join(f"{n:,} images at batch {b}" for b, n in sizes.loader_images.items())
+            + ")"
+        )
     if "threads" in results:
         t = results["threads"]
         notes.append(
