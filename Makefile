@@ -28,7 +28,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(ARGS)
 
-## normlab against the lesson's pipeline and loop: prints a table, writes bench.json (a few minutes).
+## normlab against the lesson's pipeline and loop: prints a table, writes bench.json (about two minutes).
 bench: $(STAMP)
 	$(PY) -m normlab.bench $(ARGS)
 

@@ -1,7 +1,7 @@
 """Train and test one configuration: `python train.py model=cnn_bn_dropout data=digits`.
 
 Sweeps: `python train.py -m model=cnn,cnn_bn seed=0,1,2`. Continue an interrupted run:
-`python train.py resume=<run dir>`. See README.md for every option.
+`python train.py resume=<run dir>`. See docs/training.md for every option.
 """
 
 import sys

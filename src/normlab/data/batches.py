@@ -75,7 +75,7 @@ class BatchTransform:
             self._affine[key] = _affine(self.mean, self.std, *key)
         scale, shift = self._affine[key]
         # Convert first, then multiply-add in place: on a CPU the uint8 * float32 multiply
-        # takes a slow mixed-type path (README, "Performance").
+        # takes a slow mixed-type path (docs/performance.md).
         return images.float().mul_(scale).add_(shift)
 
     def __call__(
@@ -112,7 +112,7 @@ def crop_and_flip(
 
     Every output pixel reads `padded[b, c, y + dy[b], x' + dx[b]]` with x' = x, or W-1-x for
     a flipped image. One kernel instead of advanced indexing or one masked copy per offset
-    (slower on the CPU: README, "Performance"), and unlike masked copies it never waits on
+    (slower on the CPU: docs/performance.md), and unlike masked copies it never waits on
     the GPU.
     """
     b, c, h, w = images.shape

@@ -1,5 +1,6 @@
 """See inside the network while it trains: what the lesson claims about batch norm and dropout,
-measured per layer and written to TensorBoard (README, "Inspecting a run", lists every tag).
+measured per layer and written to TensorBoard (docs/inspecting.md, "Inspecting a run", lists
+every tag).
 
 Every `every_n_steps` optimizer steps one training step is instrumented (step 0 included):
 activations before and after each norm, ReLU sparsity, gradient norms, update ratios, batch

@@ -113,7 +113,7 @@ class ImageClassifier(L.LightningModule):
         Lightning computes a logged `Metric` object when the epoch ends (synchronized across
         processes) and then resets it; the steps only `update()` it. Logging the object on
         every step, the usual idiom, adds Lightning bookkeeping to every step, which dominated
-        small-batch CPU steps (README, "Performance").
+        small-batch CPU steps (docs/performance.md).
         """
         for name in ("loss", "acc"):
             metric = getattr(self, f"{stage}_{name}")
