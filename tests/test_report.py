@@ -165,6 +165,67 @@ def test_report_reads_results_files_only(tmp_path):
     assert not list(tmp_path.glob(".*")), "no temporary or lock files left behind"
 
 
+def norm_lr_sweep(sweep_dir: Path) -> Path:
+    """Jobs of a 2 norms x 2 learning rates x 2 seeds sweep, as their results.json files."""
+    job = 0
+    for norm in ("none", "batch"):
+        for lr in ("0.01", "0.1"):
+            for seed in (0, 1):
+                acc = 0.5 + 0.1 * (norm == "batch") + 0.05 * (lr == "0.1") + 0.01 * seed
+                acc += 0.003 * seed * (norm == "batch")  # a spread over seeds
+                (sweep_dir / str(job)).mkdir(parents=True)
+                (sweep_dir / str(job) / "results.json").write_text(json.dumps({
+                    "status": "completed", "val_acc_best": acc, "val_acc_final": acc,
+                    "test_acc": acc, "train_acc_final": acc + 0.05,
+                    "overrides": [f"model/norm={norm}", f"optimizer.lr={lr}", f"seed={seed}"],
+                    "history": [{"epoch": 0, "val/acc": acc}],
+                }))  # fmt: skip
+                job += 1
+    return sweep_dir
+
+
+def report_command(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "normlab.report", *args],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "baseline,problem",
+    [
+        (
+            "model/norm=bogus",
+            "--baseline model/norm=bogus: model/norm never took the value 'bogus'",
+        ),
+        ("model/nrom=batch", "--baseline model/nrom=batch: model/nrom is not swept"),
+        ("model/norm", "--baseline model/norm: write AXIS=VALUE"),
+    ],
+)
+def test_report_command_refuses_a_baseline_the_sweep_does_not_have(tmp_path, baseline, problem):
+    # Before: a mistyped value or axis silently dropped the axis from the contrasts, and a
+    # baseline without "=" was accepted.
+    sweep_dir = norm_lr_sweep(tmp_path / "sweep")
+    proc = report_command(str(sweep_dir), "--no-plots", "--baseline", baseline)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    message = proc.stderr.strip()
+    assert message.startswith(f"error: {problem}.") and "\n" not in message, message
+    assert (
+        "The swept axes and their values: model/norm: none, batch; optimizer.lr: 0.01, 0.1"
+        in message
+    )
+    assert not (sweep_dir / "summary.md").exists()  # nothing written
+
+
+def test_report_command_compares_with_the_baseline_named(tmp_path):
+    sweep_dir = norm_lr_sweep(tmp_path / "sweep")
+    proc = report_command(str(sweep_dir), "--no-plots", "--baseline", "model/norm=batch")
+    assert proc.returncode == 0, proc.stderr
+    contrasts = md_table_rows((sweep_dir / "summary.md").read_text(), "| comparison")
+    assert "model/norm: none − batch" in contrasts and "model/norm: batch − none" not in contrasts
+    assert "optimizer.lr: 0.1 − 0.01" in contrasts  # the other axis: its first value
+
+
 def hparams_records(run_dir: Path) -> tuple[dict, dict]:
     """(hyperparameters, last value of each scalar tag) as TensorBoard reads them."""
     acc = EventAccumulator(str(tensorboard_dir(run_dir)))
