@@ -367,3 +367,30 @@ def test_report_of_an_optuna_like_sweep_shows_short_numbers(tmp_path):
     jobs = {str(j) for j in range(6)}
     report = {"summary.csv", "summary.md", "val_acc_curves.png", "final_accuracy.png"}
     assert {p.name for p in tmp_path.iterdir()} == jobs | report | {"accuracy_vs_optimizer.lr.png"}
+
+
+def test_summary_csv_holds_lists_and_mappings_as_json_and_errors_whole(tmp_path):
+    """results.json's non-scalar values (data=image_folder's classes and normalization, tags)
+    were written as Python's repr; read back here with the csv module."""
+    error = "RuntimeError: CUDA out of memory\nTried to allocate 2.00 GiB\n  (see the log)"
+    jobs = [
+        {"status": "completed", "test_acc": 0.5, "classes": ["cat", "dog"],
+         "normalization": {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.25]},
+         "tags": ["baseline", "it's"], "name": "seed-0", "overrides": ["seed=0"]},
+        {"status": "failed", "error": error, "tags": [], "overrides": ["seed=1"]},
+    ]  # fmt: skip
+    for job, results in enumerate(jobs):
+        (tmp_path / str(job)).mkdir()
+        (tmp_path / str(job) / "results.json").write_text(json.dumps(results))
+    write_report(tmp_path, plots=False)
+    with (tmp_path / "summary.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2
+    completed, failed = rows
+    assert json.loads(completed["classes"]) == ["cat", "dog"]
+    assert json.loads(completed["normalization"]) == jobs[0]["normalization"]
+    assert (
+        json.loads(completed["tags"]) == ["baseline", "it's"] and json.loads(failed["tags"]) == []
+    )
+    assert completed["name"] == "seed-0" and float(completed["test_acc"]) == 0.5
+    assert failed["error"] == error and failed["classes"] == "" and completed["error"] == ""

@@ -4,6 +4,7 @@ per epoch, and the jobs that did not complete)."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -47,6 +48,17 @@ def csv_columns(jobs: Iterable[Job]) -> list[str]:
     )
 
 
+def csv_cell(value: Any) -> Any:
+    """A results.json value as a CSV cell: lists and mappings (classes, normalization, tags)
+    as JSON, which any reader can parse back, not as Python's repr; text as it is (the csv
+    module quotes a multi-line error, and reads it back whole)."""
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple | dict):
+        return json.dumps(value)
+    return value
+
+
 def write_csv(sweep: Sweep, path: Path) -> None:
     """One row per job; the swept values and overrides as given (full precision), the
     `config` column the report's short label."""
@@ -61,7 +73,7 @@ def write_csv(sweep: Sweep, path: Path) -> None:
             row += [job.settings.get(k, "") for k in axes]
             for key in metrics:
                 value = job.value(key) if key == "train_val_gap" else job.results.get(key)
-                row.append("" if value is None else value)
+                row.append(csv_cell(value))
             row.append(" ".join(job.overrides))
             writer.writerow(row)
 
