@@ -11,15 +11,20 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, write_image_folder
+from PIL import Image
 
 from normlab.bench import __main__ as bench_main
+from normlab.bench import diagnostics as bench_diagnostics
 from normlab.bench import probes, suite
+from normlab.bench import time_to_accuracy as tta
 from normlab.bench.cifar_files import write_cifar10
 from normlab.bench.lesson import lesson_loaders, train_and_validate
 from normlab.data import CIFAR10DataModule
 from normlab.data.cifar10 import _CIFAR10Files
+from normlab.data.image_folder import ImageFolderDataModule
 from normlab.data.synthetic import make_synthetic
+from normlab.nn import SeedCNN
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +179,80 @@ def test_quick_benchmark_writes_every_row(tmp_path, capsys, monkeypatch):
     assert row["lesson"]["steps"] == row["normlab"]["steps"] == row["plain"]["steps"] == 6
     table = capsys.readouterr().out
     assert "framework overhead, batch 4 (ms/step, median)" in table and "machine: " in table
+
+
+# ---------------------------------------------------------------------------------------------
+# Command lines: a typo stops them before anything is measured.
+
+
+@pytest.mark.parametrize("only", ["trainig", "loader,bogus", "", " , "])
+def test_bench_only_accepts_the_parts_it_measures(only, capsys):
+    with pytest.raises(SystemExit) as info:
+        bench_main.main(["--only", only, "--repo", str(REPO)])
+    assert info.value.code == 2  # argparse's usage error: nothing measured, no bench.json
+    assert "name one or more of loader, training, startup, threads" in capsys.readouterr().err
+
+
+def test_bench_only_parses_the_parts_named():
+    assert bench_main.parts("training, threads") == ["training", "threads"]
+
+
+@pytest.mark.parametrize("argv,why", [(["--epochs", "1"], "warm-up"), (["--repeats", "0"], "")])
+def test_diagnostics_bench_refuses_sizes_that_leave_no_epoch_to_time(argv, why, capsys):
+    # --epochs 1 left no epoch after the warm-up one: statistics.median([]) crashed at the end.
+    with pytest.raises(SystemExit) as info:
+        bench_diagnostics.main([*argv, "--repo", str(REPO)])
+    assert info.value.code == 2 and why in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Time to accuracy: the lesson's side is the lesson's network, data layout and loop.
+
+
+def test_the_lesson_cnn_is_seed_cnn_in_all_but_its_module_structure():
+    torch.manual_seed(0)
+    lesson = tta.LessonCNN()
+    torch.manual_seed(0)
+    seed_cnn = SeedCNN()
+    ours, theirs = list(lesson.parameters()), list(seed_cnn.parameters())
+    assert len(ours) == len(theirs) == 10
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+    images = torch.randn(4, 3, 32, 32)
+    assert torch.equal(lesson(images), seed_cnn(images))
+
+
+def test_the_lesson_images_are_laid_out_as_torchvisions_cifar10_array(tmp_path, cifar_root):
+    root = write_image_folder(tmp_path / "images")
+    train, _ = ImageFolderDataModule(str(root), mean=(0.5,) * 3, std=(0.5,) * 3).load()
+    dataset = tta.array_images(train)
+    torchvision_data = _CIFAR10Files(root=str(cifar_root), train=True, download=False).data
+    # The same strided (not contiguous) [N, H, W, 3] view: PIL copies each sample alike.
+    assert dataset.data.strides == torchvision_data.strides
+    assert not dataset.data.flags.c_contiguous and not torchvision_data.flags.c_contiguous
+    image, label = dataset[3]
+    expected = Image.fromarray(train.images[3].permute(1, 2, 0).contiguous().numpy())
+    expected = (torch.from_numpy(np.asarray(expected)).permute(2, 0, 1).float() / 255 - 0.5) / 0.5
+    torch.testing.assert_close(image, expected)
+    assert label == int(train.labels[3])
+
+
+def test_lesson_run_trains_on_the_lessons_device_and_reports_each_epoch(tmp_path):
+    root = write_image_folder(tmp_path / "images", per_class=8)  # 16 train, 4 test images
+    result = tta.lesson_run(root, epochs=2, workdir=tmp_path)
+    assert result["device"] == str(tta.lesson_device())
+    assert len(result["test_acc_per_epoch"]) == 2 and result["seconds"] > 0
+    assert all(0 <= acc <= 1 for acc in result["test_acc_per_epoch"])
+    assert (tmp_path / "cifar10_model_0.pt").exists()  # the lesson's torch.save
+
+
+def test_time_to_accuracy_checks_repo_and_data_before_the_lesson_runs(tmp_path, capsys):
+    data = write_image_folder(tmp_path / "images")
+    with pytest.raises(SystemExit, match="holds no conf/train.yaml and train.py"):
+        tta.main(["--data", str(data), "--repo", str(tmp_path), "--output", str(tmp_path / "o")])
+    with pytest.raises(SystemExit) as info:
+        tta.main(["--data", str(tmp_path / "nowhere"), "--repo", str(REPO)])
+    assert info.value.code == 2 and "no train/ and test/ folders" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        tta.main(["--data", str(data), "--epochs", "0", "--repo", str(REPO)])
+    assert info.value.code == 2
+    assert not (tmp_path / "o").exists() and not (tmp_path / "cache").exists()

@@ -9,9 +9,16 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.datasets.utils import calculate_md5
 
 from normlab.bench.cifar_files import write_cifar10
-from normlab.data import BatchTransform, CIFAR10DataModule, DigitsDataModule, TensorBatchLoader
+from normlab.data import (
+    BatchTransform,
+    CIFAR10DataModule,
+    DigitsDataModule,
+    SyntheticDataModule,
+    TensorBatchLoader,
+)
 from normlab.data import cifar10 as cifar10_module
-from normlab.data.batches import random_crop
+from normlab.data.base import count_or_fraction
+from normlab.data.batches import crop_and_flip
 from normlab.data.synthetic import make_synthetic
 from normlab.errors import DataError
 
@@ -130,7 +137,7 @@ def test_normalization_equals_torchvision_per_image_pipeline():
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 
-def test_random_crop_and_flip_equal_torchvision_at_the_same_offsets():
+def test_crop_and_flip_equal_torchvision_at_the_same_offsets():
     images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
     dy, dx = torch.tensor([0, 8, 3, 4, 7]), torch.tensor([8, 0, 5, 4, 1])
     flip = torch.tensor([True, False, True, False, True])
@@ -142,7 +149,11 @@ def test_random_crop_and_flip_equal_torchvision_at_the_same_offsets():
         if flip[i]:
             expected = TF.horizontal_flip(expected)
         torch.testing.assert_close(ours[i], expected.float() / 255)
-    assert random_crop(images, 4, dy, dx).shape == images.shape
+    # The crop alone (no flip argument), as an unflipped image's crop.
+    cropped = crop_and_flip(images, 4, dy, dx)
+    for i, img in enumerate(images):
+        expected = TF.crop(TF.pad(img, [4]), int(dy[i]), int(dx[i]), 32, 32)
+        assert torch.equal(cropped[i], expected)
 
 
 def make_loader(n=103, batch=10, train=True, **kwargs):
@@ -188,3 +199,79 @@ def test_ddp_shards_are_disjoint(train):
         assert {len(s) for s in shards} == {30}  # equal steps on every rank
     else:
         assert sorted(seen) == list(range(103))  # evaluation sees every sample
+
+
+# ---------------------------------------------------------------------------------------------
+# Split sizes and the batch size: errors that name the key, the value typed and what works.
+
+
+@pytest.mark.parametrize(
+    "size,total,fraction_of,count",
+    [(5, 100, None, 5), (5.0, 100, None, 5), (0.1, 100, None, 10), (0.5, 99, None, 50),
+     (0.25, 8, 10, 2), (0.1, 9, 12, 1), (99, 100, None, 99)],
+)  # fmt: skip
+def test_count_or_fraction_converts_as_the_splits_always_did(size, total, fraction_of, count):
+    # A fraction rounds to the nearest image (Python's round: half to even), of fraction_of.
+    assert count_or_fraction(size, "data.val_size", total, fraction_of) == count
+    if 0 < size < 1:
+        assert count == round(size * (fraction_of or total))
+
+
+@pytest.mark.parametrize(
+    "size,total,expected",
+    [
+        (100, 100, "data.val_size=100: 100 images would leave none on the other side of the "
+         "split of 100 images. Use a count of at most 99, or a fraction of at most 0.99."),
+        (0.999, 100, "data.val_size=0.999: 100 images (0.999 of 100) would leave none"),
+        (0.001, 100, "data.val_size=0.001: 0.001 of 100 images is less than one image. Use a "
+         "count of 1 to 99 images, or a fraction of at least 0.01."),
+        (-3, 100, "data.val_size=-3: must be a positive number of images"),
+        (True, 100, "data.val_size=True: must be a positive number of images"),
+        ("10%", 100, "data.val_size='10%': must be a positive number of images"),
+        (float("nan"), 100, "data.val_size=nan: must be a positive number"),
+        (2.5, 100, "data.val_size=2.5: a count of images must be a whole number"),
+        (1, 1, "data.val_size=1: there is only 1 image to split"),
+    ],
+)  # fmt: skip
+def test_count_or_fraction_names_the_key_the_value_typed_and_the_range(size, total, expected):
+    with pytest.raises(DataError) as info:
+        count_or_fraction(size, "data.val_size", total)
+    assert str(info.value).startswith(expected), str(info.value)
+
+
+def test_a_fraction_at_the_advised_limit_works():
+    # The largest fraction the message advises for 100 of 100 images really leaves one.
+    assert count_or_fraction(0.99, "data.val_size", 100) == 99
+    assert count_or_fraction(0.01, "data.val_size", 100) == 1
+
+
+def synthetic(train_images: int, **kwargs) -> SyntheticDataModule:
+    dm = SyntheticDataModule(train_size_total=train_images, test_size=10, **kwargs)
+    dm.setup("fit")
+    return dm
+
+
+def test_a_validation_split_as_large_as_the_training_set_is_a_data_error():
+    # Before: a bare ValueError from setup(), inside the fit, showing the converted count.
+    with pytest.raises(
+        DataError, match=r"^data\.val_size=0\.995: 60 images \(0\.995 of 60\) would leave"
+    ):
+        synthetic(60, val_size=0.995)
+
+
+def test_a_batch_larger_than_the_training_set_suggests_one_that_fits():
+    dm = synthetic(30, val_size=20, batch_size=16)  # 10 training images
+    with pytest.raises(DataError) as info:
+        dm.train_dataloader()
+    assert str(info.value).startswith("data.batch_size=16 is larger than the 10 training images")
+    assert "Use data.batch_size=10 or less" in str(info.value)
+    assert len(synthetic(30, val_size=20, batch_size=10).train_dataloader()) == 1
+
+
+def test_too_few_training_images_for_any_batch_asks_for_more_images():
+    dm = synthetic(30, val_size=29, batch_size=4)  # one training image: no batch of two
+    with pytest.raises(DataError) as info:
+        dm.train_dataloader()
+    message = str(info.value)
+    assert message.startswith("data.batch_size=4: there is only 1 training image")
+    assert "Use more training images" in message and "Use data.batch_size" not in message

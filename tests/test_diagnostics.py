@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from normlab.diagnostics import NetworkDiagnostics
 from normlab.diagnostics.figures import prediction_grid
 from normlab.diagnostics.probes import ValidationProbe, WatchedLayers
+from normlab.errors import ConfigError
 from normlab.nn import ScratchBatchNorm2d, SeedCNN
 from normlab.runner.build import build_network, instantiate_all
 from normlab.runner.rundir import network_weights
@@ -335,3 +336,42 @@ def test_without_a_tensorboard_logger_the_callback_warns_and_stays_out_of_the_wa
     with pytest.warns(UserWarning, match="needs a TensorBoard logger"):
         trainer.fit(module, DataLoader(data, batch_size=8))
     assert trainer.global_step == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs,key",
+    [
+        ({"every_n_steps": -1}, "every_n_steps=-1"),
+        ({"every_n_epochs": -5}, "every_n_epochs=-5"),
+        ({"every_n_steps": 0.5}, "every_n_steps=0.5"),
+        ({"num_images": -1}, "num_images=-1"),
+    ],
+)
+def test_settings_that_cannot_work_name_the_config_key_and_the_fix(kwargs, key):
+    with pytest.raises(ConfigError) as info:
+        NetworkDiagnostics(**kwargs)
+    message = str(info.value)
+    name = key.split("=")[0]
+    assert message.startswith(f"callbacks.diagnostics.{key}: use ")
+    assert (
+        f"e.g. callbacks.diagnostics.{name}=" in message and "callbacks/diagnostics=none" in message
+    )
+    NetworkDiagnostics(every_n_steps=0, every_n_epochs=0, num_images=0)  # 0: never
+
+
+def test_num_images_0_writes_no_prediction_grid_and_everything_else(tmp_path):
+    # Before: an empty grid reached TensorBoard's PNG writer ("cannot write empty image").
+    torch.manual_seed(0)
+    module = ImageClassifier(SeedCNN(), optimizer=partial(torch.optim.SGD, lr=0.1))
+    data = TensorDataset(torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,)))
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=1, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0,
+        logger=TensorBoardLogger(tmp_path, name="tb", version=""),
+        callbacks=[NetworkDiagnostics(every_n_steps=1, every_n_epochs=1, num_images=0)],
+    )  # fmt: skip
+    loader = DataLoader(data, batch_size=8)
+    trainer.fit(module, loader, loader)
+    events = Events(tmp_path / "tb")
+    assert "val/confusion_matrix" in events.images and "val/predictions" not in events.images
+    assert any(tag.startswith("val_class_acc/") for tag in events.scalars)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from normlab.errors import ConfigError
 from normlab.training import DivergenceGuard, MetricHistory
 
 BATCHES_PER_EPOCH = 10
@@ -102,9 +103,24 @@ def test_finite_training_runs_to_the_end(tmp_path):
     assert trainer.global_step == 3 * BATCHES_PER_EPOCH
 
 
-def test_check_interval_must_be_positive():
-    with pytest.raises(ValueError, match="check_every_n_steps"):
-        DivergenceGuard(check_every_n_steps=0)
+@pytest.mark.parametrize(
+    "kwargs,key",
+    [
+        ({"check_every_n_steps": 0}, "check_every_n_steps=0"),
+        ({"check_every_n_steps": 2.5}, "check_every_n_steps=2.5"),
+        ({"max_loss": 0}, "max_loss=0"),
+        ({"max_loss": -1.0}, "max_loss=-1.0"),
+        ({"max_loss": "big"}, "max_loss='big'"),
+    ],
+)
+def test_settings_that_cannot_work_name_the_config_key_and_an_example(kwargs, key):
+    with pytest.raises(ConfigError) as info:
+        DivergenceGuard(**kwargs)
+    message = str(info.value)
+    assert message.startswith(f"callbacks.divergence.{key}: must be a positive")
+    name = key.split("=")[0]
+    assert f"e.g. callbacks.divergence.{name}=" in message and "\n" not in message
+    DivergenceGuard(max_loss=None)  # null: stop on NaN/inf only
 
 
 def test_history_keeps_every_epoch_after_testing_the_best_checkpoint(tmp_path):

@@ -47,6 +47,14 @@ def full_train(dm: ImageFolderDataModule) -> torch.Tensor:
     return torch.cat([dm.train_set.images, dm.val_set.images])
 
 
+def normalization(dm: ImageFolderDataModule) -> dict[str, list[float]]:
+    """The statistics the run normalizes with, as results.json records them (from the
+    evaluation transform; the training transform must agree)."""
+    assert tuple(dm.train_transform.mean) == tuple(dm.eval_transform.mean)
+    assert tuple(dm.train_transform.std) == tuple(dm.eval_transform.std)
+    return {"mean": list(dm.eval_transform.mean), "std": list(dm.eval_transform.std)}
+
+
 def data_error(call, *args, **kwargs) -> str:
     with pytest.raises(DataError) as info:
         call(*args, **kwargs)
@@ -313,18 +321,21 @@ def test_test_classes_that_differ_from_train_classes_are_named(two_classes):
 
 
 @pytest.mark.parametrize(
-    "key,sizes",
+    "key,sizes,advice",
     [
-        ("data.val_size", {"val_size": 10}),  # 12 - 2 test: nothing left to train on
-        ("data.val_size", {"val_size": 0}),
-        ("data.val_size", {"val_size": 0.01}),  # rounds to no image
-        ("data.test_size", {"test_size": 12}),
-        ("data.test_size", {"test_size": 0.01}),
+        # 12 images, 2 held out for testing: 10 left, and a fraction is of all 12.
+        ("data.val_size", {"val_size": 10}, "at most 9, or a fraction of at most 0.75."),
+        ("data.val_size", {"val_size": 0.9}, "at most 9, or a fraction of at most 0.75."),
+        ("data.val_size", {"val_size": 0}, "must be a positive number of images"),
+        ("data.val_size", {"val_size": 0.01}, "a fraction of at least 0.084."),  # no image
+        ("data.test_size", {"test_size": 12}, "at most 11, or a fraction of at most 0.916."),
+        ("data.test_size", {"test_size": 0.01}, "a fraction of at least 0.084."),
     ],
 )
-def test_split_sizes_that_leave_nothing(two_classes, key, sizes):
+def test_split_sizes_that_leave_nothing(two_classes, key, sizes, advice):
     message = data_error(setup_dm, two_classes, **sizes)
-    assert message.startswith(f"{key}=")
+    # The value as typed (not as converted to a count) and the range that works.
+    assert message.startswith(f"{key}={sizes[key.split('.')[1]]}") and advice in message
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,7 +360,7 @@ def test_the_second_setup_loads_from_the_cache(two_classes, tmp_path, monkeypatc
     assert "from the cache" in caplog.text
     for a, b in [(first.train_set, second.train_set), (first.test_set, second.test_set)]:
         assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
-    assert second.stats == first.stats
+    assert normalization(second) == normalization(first)
     assert len(cache_files(cache_dir)) == 1
 
 
@@ -417,12 +428,10 @@ def colourful(tmp_path: Path) -> Path:
 def test_statistics_are_computed_from_the_training_images(colourful):
     dm = setup_dm(colourful)
     mean, std = numpy_stats(full_train(dm))
-    np.testing.assert_allclose(dm.stats["mean"], mean, atol=6e-5)
-    np.testing.assert_allclose(dm.stats["std"], std, atol=6e-5)
-    assert tuple(dm.eval_transform.mean) == tuple(dm.stats["mean"])
-    assert tuple(dm.train_transform.std) == tuple(dm.stats["std"])
+    np.testing.assert_allclose(normalization(dm)["mean"], mean, atol=6e-5)
+    np.testing.assert_allclose(normalization(dm)["std"], std, atol=6e-5)
     # The split does not change them: the statistics of the whole train/ folder.
-    assert setup_dm(colourful, split_seed=3, val_size=5).stats == dm.stats
+    assert normalization(setup_dm(colourful, split_seed=3, val_size=5)) == normalization(dm)
 
 
 def test_held_out_test_images_do_not_weigh_in_the_statistics(tmp_path):
@@ -431,15 +440,41 @@ def test_held_out_test_images_do_not_weigh_in_the_statistics(tmp_path):
         write_image(root / "train" / "ab"[i % 2] / f"{i}.png", random_rgb(32, 32, i) // 2)
     dm = setup_dm(root, test_size=3, val_size=2)
     mean, std = numpy_stats(full_train(dm))
-    np.testing.assert_allclose(dm.stats["mean"], mean, atol=6e-5)
-    np.testing.assert_allclose(dm.stats["std"], std, atol=6e-5)
+    np.testing.assert_allclose(normalization(dm)["mean"], mean, atol=6e-5)
+    np.testing.assert_allclose(normalization(dm)["std"], std, atol=6e-5)
 
 
 def test_given_statistics_are_used_as_is(colourful):
     dm = setup_dm(colourful, mean=[0.1, 0.2, 0.3], std=[0.4, 0.5, 0.6])
-    assert dm.stats == {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]}
-    assert tuple(dm.eval_transform.mean) == (0.1, 0.2, 0.3)
-    assert tuple(dm.train_transform.std) == (0.4, 0.5, 0.6)
+    assert normalization(dm) == {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]}
+
+
+def test_a_channel_with_one_value_throughout_is_named_not_divided_by(tmp_path):
+    """Green is 7 in every pixel of every image: its standard deviation is 0, and dividing by
+    it would turn every input into NaN or inf."""
+    root = tmp_path / "images"
+    for i in range(12):
+        pixels = random_rgb(32, 32, i)
+        pixels[..., 1] = 7
+        write_image(root / "train" / "ab"[i % 2] / f"{i}.png", pixels)
+    message = data_error(setup_dm, root)
+    assert message.startswith("data.std=null: channel G of the training images")
+    # The advice works: the statistics it gives normalize every input to a finite number.
+    mean = [float(v) for v in message.split("data.mean=[")[1].split("]")[0].split(",")]
+    std = [float(v) for v in message.split("data.std=[")[1].split("]")[0].split(",")]
+    assert std[1] == 1.0 and mean[1] == round(7 / 255, 4)
+    dm = setup_dm(root, mean=mean, std=std)
+    images, _ = next(iter(dm.train_dataloader()))
+    assert torch.isfinite(images).all()
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["cache", "no cache"])
+def test_the_decoding_line_promises_a_cache_only_with_one(two_classes, tmp_path, caplog, cache):
+    cache_dir = str(tmp_path / "cache") if cache else None
+    with caplog.at_level(logging.INFO, logger="normlab"):
+        setup_dm(two_classes, cache_dir=cache_dir)
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("Decoding"))
+    assert ("cached afterwards" in line) == cache, line
 
 
 @pytest.mark.parametrize("given", [False, True], ids=["computed", "given"])
@@ -447,8 +482,8 @@ def test_the_eval_loader_normalizes_with_the_statistics(colourful, given):
     stats = {"mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]} if given else {}
     dm = setup_dm(colourful, val_size=4, **stats)
     images, labels = next(iter(dm.val_dataloader()))
-    mean = torch.tensor(dm.stats["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(dm.stats["std"]).view(1, 3, 1, 1)
+    mean = torch.tensor(normalization(dm)["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(normalization(dm)["std"]).view(1, 3, 1, 1)
     expected = (dm.val_set.images[: len(images)].double() / 255 - mean) / std
     torch.testing.assert_close(images.double(), expected, atol=1e-5, rtol=0)
     assert torch.equal(labels, dm.val_set.labels[: len(labels)])

@@ -165,6 +165,67 @@ def test_report_reads_results_files_only(tmp_path):
     assert not list(tmp_path.glob(".*")), "no temporary or lock files left behind"
 
 
+def norm_lr_sweep(sweep_dir: Path) -> Path:
+    """Jobs of a 2 norms x 2 learning rates x 2 seeds sweep, as their results.json files."""
+    job = 0
+    for norm in ("none", "batch"):
+        for lr in ("0.01", "0.1"):
+            for seed in (0, 1):
+                acc = 0.5 + 0.1 * (norm == "batch") + 0.05 * (lr == "0.1") + 0.01 * seed
+                acc += 0.003 * seed * (norm == "batch")  # a spread over seeds
+                (sweep_dir / str(job)).mkdir(parents=True)
+                (sweep_dir / str(job) / "results.json").write_text(json.dumps({
+                    "status": "completed", "val_acc_best": acc, "val_acc_final": acc,
+                    "test_acc": acc, "train_acc_final": acc + 0.05,
+                    "overrides": [f"model/norm={norm}", f"optimizer.lr={lr}", f"seed={seed}"],
+                    "history": [{"epoch": 0, "val/acc": acc}],
+                }))  # fmt: skip
+                job += 1
+    return sweep_dir
+
+
+def report_command(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "normlab.report", *args],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "baseline,problem",
+    [
+        (
+            "model/norm=bogus",
+            "--baseline model/norm=bogus: model/norm never took the value 'bogus'",
+        ),
+        ("model/nrom=batch", "--baseline model/nrom=batch: model/nrom is not swept"),
+        ("model/norm", "--baseline model/norm: write AXIS=VALUE"),
+    ],
+)
+def test_report_command_refuses_a_baseline_the_sweep_does_not_have(tmp_path, baseline, problem):
+    # Before: a mistyped value or axis silently dropped the axis from the contrasts, and a
+    # baseline without "=" was accepted.
+    sweep_dir = norm_lr_sweep(tmp_path / "sweep")
+    proc = report_command(str(sweep_dir), "--no-plots", "--baseline", baseline)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    message = proc.stderr.strip()
+    assert message.startswith(f"error: {problem}.") and "\n" not in message, message
+    assert (
+        "The swept axes and their values: model/norm: none, batch; optimizer.lr: 0.01, 0.1"
+        in message
+    )
+    assert not (sweep_dir / "summary.md").exists()  # nothing written
+
+
+def test_report_command_compares_with_the_baseline_named(tmp_path):
+    sweep_dir = norm_lr_sweep(tmp_path / "sweep")
+    proc = report_command(str(sweep_dir), "--no-plots", "--baseline", "model/norm=batch")
+    assert proc.returncode == 0, proc.stderr
+    contrasts = md_table_rows((sweep_dir / "summary.md").read_text(), "| comparison")
+    assert "model/norm: none − batch" in contrasts and "model/norm: batch − none" not in contrasts
+    assert "optimizer.lr: 0.1 − 0.01" in contrasts  # the other axis: its first value
+
+
 def hparams_records(run_dir: Path) -> tuple[dict, dict]:
     """(hyperparameters, last value of each scalar tag) as TensorBoard reads them."""
     acc = EventAccumulator(str(tensorboard_dir(run_dir)))
@@ -306,3 +367,30 @@ def test_report_of_an_optuna_like_sweep_shows_short_numbers(tmp_path):
     jobs = {str(j) for j in range(6)}
     report = {"summary.csv", "summary.md", "val_acc_curves.png", "final_accuracy.png"}
     assert {p.name for p in tmp_path.iterdir()} == jobs | report | {"accuracy_vs_optimizer.lr.png"}
+
+
+def test_summary_csv_holds_lists_and_mappings_as_json_and_errors_whole(tmp_path):
+    """results.json's non-scalar values (data=image_folder's classes and normalization, tags)
+    were written as Python's repr; read back here with the csv module."""
+    error = "RuntimeError: CUDA out of memory\nTried to allocate 2.00 GiB\n  (see the log)"
+    jobs = [
+        {"status": "completed", "test_acc": 0.5, "classes": ["cat", "dog"],
+         "normalization": {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.25]},
+         "tags": ["baseline", "it's"], "name": "seed-0", "overrides": ["seed=0"]},
+        {"status": "failed", "error": error, "tags": [], "overrides": ["seed=1"]},
+    ]  # fmt: skip
+    for job, results in enumerate(jobs):
+        (tmp_path / str(job)).mkdir()
+        (tmp_path / str(job) / "results.json").write_text(json.dumps(results))
+    write_report(tmp_path, plots=False)
+    with (tmp_path / "summary.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2
+    completed, failed = rows
+    assert json.loads(completed["classes"]) == ["cat", "dog"]
+    assert json.loads(completed["normalization"]) == jobs[0]["normalization"]
+    assert (
+        json.loads(completed["tags"]) == ["baseline", "it's"] and json.loads(failed["tags"]) == []
+    )
+    assert completed["name"] == "seed-0" and float(completed["test_acc"]) == 0.5
+    assert failed["error"] == error and failed["classes"] == "" and completed["error"] == ""

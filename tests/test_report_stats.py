@@ -97,3 +97,68 @@ def test_summary_md_reports_the_interval_of_the_swept_contrast(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| model/norm: batch − none"))
     assert f"[{ci.low:+.4f}, {ci.high:+.4f}]" in row
     assert "+0.0693 *" in row
+
+
+# ---------------------------------------------------------------------------------------------
+# No spread: the same difference for every seed.
+
+
+def test_identical_configurations_give_no_interval_like_scipy():
+    same = {"0": 0.61, "1": 0.57}
+    result = stats.ttest_rel(list(same.values()), list(same.values()))
+    diff = difference(same, dict(same))
+    assert math.isnan(result.pvalue) and math.isnan(diff.p_value)
+    assert diff.mean == 0 and not diff.has_interval and not diff.significant
+
+
+# scipy itself warns here: "catastrophic cancellation ... Results may be unreliable".
+@pytest.mark.filterwarnings("ignore:Precision loss occurred:RuntimeWarning")
+def test_a_constant_difference_over_two_seeds_is_not_significant():
+    # Both seeds gain exactly 1 of 8 test images (exact in binary). scipy's ttest_rel returns
+    # t = inf and p = 0 with a zero-width interval, which the report used to star as
+    # significant: two runs with the same gain are no evidence that the gain is certain.
+    a, b = {"0": 5 / 8, "1": 6 / 8}, {"0": 4 / 8, "1": 5 / 8}
+    result = stats.ttest_rel(list(a.values()), list(b.values()))
+    assert result.pvalue == 0.0 and math.isinf(result.statistic)
+    diff = difference(a, b)
+    assert diff.mean == 1 / 8
+    assert math.isnan(diff.p_value) and not diff.has_interval and not diff.significant
+
+
+# scipy itself warns here: "catastrophic cancellation ... Results may be unreliable".
+@pytest.mark.filterwarnings("ignore:Precision loss occurred:RuntimeWarning")
+def test_a_spread_of_rounding_errors_is_no_spread():
+    # 0.7 - 0.6, 0.6 - 0.5 and 0.8 - 0.7 differ in their last bits: scipy finds a spread of
+    # about 1e-16 and p ~ 1e-31; the report finds the same difference three times.
+    a, b = {"0": 0.7, "1": 0.6, "2": 0.8}, {"0": 0.6, "1": 0.5, "2": 0.7}
+    assert stats.ttest_rel(list(a.values()), list(b.values())).pvalue < 1e-20
+    diff = difference(a, b)
+    assert diff.mean == pytest.approx(0.1) and not diff.has_interval and not diff.significant
+
+
+def test_unpaired_groups_without_spread_give_no_interval():
+    diff = difference({"0": 0.6, "1": 0.6}, {"5": 0.5, "6": 0.5})
+    assert not diff.paired and not diff.has_interval and not diff.significant
+
+
+def test_a_real_spread_still_gets_scipys_interval():
+    # A spread far above the rounding noise: unchanged (cf. the tests at the top).
+    a, b = {"0": 0.7, "1": 0.6, "2": 0.8}, {"0": 0.6, "1": 0.5, "2": 0.69}
+    result = stats.ttest_rel(list(a.values()), list(b.values()))
+    diff = difference(a, b)
+    assert diff.has_interval and diff.p_value == pytest.approx(result.pvalue, abs=1e-12)
+
+
+def test_summary_md_shows_no_interval_and_no_star_without_spread(tmp_path):
+    n = 0
+    for norm, accs in (
+        ("none", {"0": 197 / 360, "1": 207 / 360}),
+        ("batch", {"0": 200 / 360, "1": 210 / 360}),
+    ):
+        for seed, acc in accs.items():
+            write_job(tmp_path, str(n), [f"model/norm={norm}", f"seed={seed}"], acc)
+            n += 1
+    text = write_report(tmp_path, plots=False).read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| model/norm: batch − none"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[3:6] == ["+0.0083", "(no spread)", "–"], cells

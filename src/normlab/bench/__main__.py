@@ -25,6 +25,21 @@ from normlab.bench.suite import (
     measure_startup_and_memory,
 )
 
+# The parts `--only` can name, in the order they are measured.
+PARTS = ("loader", "training", "startup", "threads")
+
+
+def parts(text: str) -> list[str]:
+    """`--only loader,startup`: the parts named, each one of PARTS."""
+    named = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [part for part in named if part not in PARTS]
+    if unknown or not named:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: name one or more of {', '.join(PARTS)}, separated by commas "
+            f"(unknown: {', '.join(unknown) or 'none given'})"
+        )
+    return named
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m normlab.bench", description=__doc__)
@@ -42,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="alternating runs per side")
     parser.add_argument(
         "--only",
-        default=None,
-        help="comma-separated parts to measure: loader, training, startup, threads (default all)",
+        type=parts,
+        default=list(PARTS),
+        help=f"comma-separated parts to measure: {', '.join(PARTS)} (default all)",
     )
     parser.add_argument(
         "--repo", type=Path, default=Path("."), help="repository root (conf/, train.py)"
@@ -66,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             ("startup", lambda: measure_startup_and_memory(data_root, sizes, workdir, repo)),
             ("threads", lambda: measure_busy_threads(sizes, workdir, repo)),
         ):
-            if args.only and name not in args.only.split(","):
+            if name not in args.only:
                 continue
             print(f"measuring {name} ...", file=sys.stderr, flush=True)
             results[name] = measure()

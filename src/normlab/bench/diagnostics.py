@@ -19,6 +19,7 @@ import re
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -71,14 +72,30 @@ def fit(repo: Path, overrides: list[str], output_dir: Path) -> EpochTimer:
     return timer
 
 
-def main() -> None:
+def at_least(smallest: int, why: str) -> Callable[[str], int]:
+    """An argparse type: an integer no smaller than `smallest`."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < smallest:
+            raise argparse.ArgumentTypeError(f"{value}: must be {smallest} or more ({why})")
+        return value
+
+    return parse
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--repeats", type=at_least(1, "runs per setting"), default=3)
+    parser.add_argument(
+        "--epochs",
+        type=at_least(2, "the first epoch is warm-up and left out of the times"),
+        default=4,
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--repo", type=Path, default=Path("."), help="repository root")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides: one workload")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     repo = checked_repo(args.repo)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,7 +1,8 @@
 """The lesson's data pipeline and training loop, transcribed as the baseline to beat.
 
 `lesson_loaders` is the lesson's cell 4: torchvision's `CIFAR10` dataset converting every image
-with `ToTensor()` and `Normalize((0.5,)*3, (0.5,)*3)` in two DataLoader worker processes.
+with `ToTensor()` and `Normalize((0.5,)*3, (0.5,)*3)` (`lesson_transform`) in two DataLoader
+worker processes (`lesson_dataloaders`, for any dataset).
 `train_and_validate` is the lesson's loop line for line: the per-step `.item()` calls, the
 accuracy through `torch.max(outputs.data, 1)`, validation on the test set each epoch and a
 `torch.save` of the whole model at the end of it. What differs: the prints are gone, the model
@@ -12,14 +13,34 @@ benchmark can extrapolate one from a measured part (`clock` records when each pa
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from normlab.bench.probes import PhaseClock
+
+
+def lesson_transform() -> Callable[[Image.Image], torch.Tensor]:
+    """The lesson's per-image transform: `ToTensor()` then `Normalize((0.5,)*3, (0.5,)*3)`."""
+    import torchvision.transforms as transforms
+
+    return transforms.Compose(
+        [transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]
+    )
+
+
+def lesson_dataloaders(
+    trainset: Dataset, testset: Dataset, batch_size: int = 4
+) -> tuple[DataLoader, DataLoader]:
+    """The lesson's cell 4 DataLoaders over any datasets: shuffled training batches, test
+    batches in order, two worker processes each."""
+    trainloader = DataLoader(trainset, batch_size=batch_size, shuffle=True, num_workers=2)
+    testloader = DataLoader(testset, batch_size=batch_size, shuffle=False, num_workers=2)
+    return trainloader, testloader
 
 
 def lesson_loaders(root: Path, batch_size: int = 4) -> tuple[DataLoader, DataLoader]:
@@ -28,18 +49,18 @@ def lesson_loaders(root: Path, batch_size: int = 4) -> tuple[DataLoader, DataLoa
     torchvision's own `CIFAR10` class with its md5 checks turned off (the benchmark's files
     are synthetic): the same parsing, `__getitem__` (a PIL image per sample) and transforms.
     """
-    import torchvision.transforms as transforms
-
     from normlab.data.cifar10 import _CIFAR10Files
 
-    transform = transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]
-    )
+    transform = lesson_transform()
     trainset = _CIFAR10Files(root=str(root), train=True, download=False, transform=transform)
-    trainloader = DataLoader(trainset, batch_size=batch_size, shuffle=True, num_workers=2)
     testset = _CIFAR10Files(root=str(root), train=False, download=False, transform=transform)
-    testloader = DataLoader(testset, batch_size=batch_size, shuffle=False, num_workers=2)
-    return trainloader, testloader
+    return lesson_dataloaders(trainset, testset, batch_size)
+
+
+def lesson_device() -> torch.device:
+    """Where the lesson's loop trains: the GPU when there is one, as normlab's
+    `accelerator: auto` does, so the two sides are timed on the same hardware."""
+    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
 
 
 def train_and_validate(

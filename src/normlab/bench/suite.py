@@ -32,7 +32,12 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-from normlab.bench.lesson import lesson_loaders, loader_throughput, train_and_validate
+from normlab.bench.lesson import (
+    lesson_device,
+    lesson_loaders,
+    loader_throughput,
+    train_and_validate,
+)
 from normlab.bench.probes import PhaseClock, epoch_seconds
 from normlab.runner.build import build_network
 from normlab.runner.train import train
@@ -301,8 +306,7 @@ def lesson_epoch(
     normlab builds for `cfg` (same layers, same initial weights)."""
     torch.manual_seed(cfg.seed)
     model = build_network(cfg.model)
-    device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    model.to(device)
+    model.to(lesson_device())
     trainloader, testloader = lesson_loaders(data_root, batch_size)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
     clock = PhaseClock(sizes.warmup[batch_size])

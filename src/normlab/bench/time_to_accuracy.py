@@ -24,16 +24,29 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 import lightning as L
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from normlab.bench.lesson import train_and_validate
+from normlab.bench.lesson import (
+    lesson_dataloaders,
+    lesson_device,
+    lesson_transform,
+    train_and_validate,
+)
+
+if TYPE_CHECKING:
+    from normlab.data.base import ImageSplit
+
+# normlab.bench.suite and the image-folder module are imported where they are used: train.py
+# imports this module for StopAtTestAccuracy, and its start-up is part of normlab's time.
 
 # normlab's recipe for the lesson's network (the lesson's CNN with batch norm): a large batch,
 # the high learning rate that BN allows, a one-cycle schedule planned for the 3 epochs the race
@@ -53,7 +66,14 @@ RECIPE = (
 
 
 class LessonCNN(nn.Module):
-    """The lesson's network, cell 5, as written."""
+    """The lesson's network, cell 5, as written.
+
+    `normlab.nn.SeedCNN()` is the same network (same layers, the same initial weights from the
+    same seed, the same outputs: tests/test_bench.py checks it), but its block structure adds
+    eleven module calls (Identity norms and dropouts, Sequentials) to every forward: about 1%
+    of a batch-4 CPU step, which would slow the lesson's side of the race. The lesson's time is
+    measured on the lesson's code.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -77,7 +97,12 @@ class LessonCNN(nn.Module):
 class ArrayImages(Dataset):
     """torchvision's `CIFAR10.__getitem__` over an in-memory uint8 [N, H, W, 3] array."""
 
-    def __init__(self, images: np.ndarray, labels: list[int], transform) -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: list[int],
+        transform: Callable[[Image.Image], torch.Tensor],
+    ) -> None:
         self.data, self.targets, self.transform = images, labels, transform
 
     def __len__(self) -> int:
@@ -87,36 +112,43 @@ class ArrayImages(Dataset):
         return self.transform(Image.fromarray(self.data[index])), self.targets[index]
 
 
-def lesson_run(data_root: Path, epochs: int, workdir: Path) -> dict:
-    """The lesson's cells 4-7 on the dataset: returns its test accuracy per epoch and time."""
-    import torchvision.transforms as transforms
+class LessonResult(TypedDict):
+    test_acc_per_epoch: list[float]  # the lesson's avg_test_acc after each epoch
+    seconds: float  # the epochs, validation included (not the decoding before them)
+    device: str
 
+
+def array_images(split: ImageSplit) -> ArrayImages:
+    """A split as torchvision's `CIFAR10` holds its images: the [N, H, W, 3] transpose of
+    a contiguous [N, 3, H, W] array (`data.transpose((0, 2, 3, 1))` in torchvision), not a
+    contiguous copy. Each sample is then a strided view that `Image.fromarray` copies via
+    `tobytes()`, as it does in the lesson, so this side pays what the lesson pays."""
+    images = split.images.permute(0, 2, 3, 1).numpy()
+    return ArrayImages(images, split.labels.tolist(), lesson_transform())
+
+
+def lesson_run(data_root: Path, epochs: int, workdir: Path) -> LessonResult:
+    """The lesson's cells 4-7 on the dataset: returns its test accuracy per epoch and time."""
     from normlab.data.image_folder import ImageFolderDataModule
 
     dm = ImageFolderDataModule(
         str(data_root), mean=(0.5,) * 3, std=(0.5,) * 3, cache_dir=str(data_root.parent / "cache")
     )
     train, test = dm.load()  # all of train/ and test/, decoded (or from normlab's cache)
-    transform = transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]
-    )
-
-    def loader(split, shuffle: bool) -> DataLoader:
-        images = split.images.permute(0, 2, 3, 1).numpy()
-        dataset = ArrayImages(images, split.labels.tolist(), transform)
-        return DataLoader(dataset, batch_size=4, shuffle=shuffle, num_workers=2)
-
-    trainloader, testloader = loader(train, True), loader(test, False)
+    trainloader, testloader = lesson_dataloaders(array_images(train), array_images(test))
     torch.manual_seed(0)
-    model = LessonCNN()
+    device = lesson_device()
+    model = LessonCNN().to(device)  # train_and_validate moves each batch to the model's device
     optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
     criterion = nn.CrossEntropyLoss()
-    history, started = [], time.perf_counter()
+    history: list[float] = []
+    started = time.perf_counter()
     for _ in range(epochs):
         row = train_and_validate(model, criterion, optimizer, trainloader, testloader, workdir)
         history.append(row[0][3])  # avg_test_acc, as the lesson prints it
         print(f"lesson epoch {len(history)}: test acc {history[-1]:.4f}", file=sys.stderr)
-    return {"test_acc_per_epoch": history, "seconds": time.perf_counter() - started}
+    seconds = time.perf_counter() - started
+    return {"test_acc_per_epoch": history, "seconds": seconds, "device": str(device)}
 
 
 class StopAtTestAccuracy(L.Callback):
@@ -175,6 +207,13 @@ def normlab_run(data_root: Path, target: float, workdir: Path, repo: Path) -> di
     }
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be 1 or more")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m normlab.bench.time_to_accuracy",
@@ -187,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         default=Path("data/cifar10-jpeg"),
         help="CIFAR-10 in class folders: <data>/{train,test}/<class>/*",
     )
-    parser.add_argument("--epochs", type=int, default=10, help="the lesson's epochs")
+    parser.add_argument("--epochs", type=positive_int, default=10, help="the lesson's epochs")
     parser.add_argument(
         "--output", type=Path, default=Path("docs/results/cifar10/time_to_accuracy.json")
     )
@@ -198,13 +237,23 @@ def main(argv: list[str] | None = None) -> int:
         help="the folder holding train.py and conf/ (default: here)",
     )
     args = parser.parse_args(argv)
+    from normlab.bench.suite import checked_repo
+
     data_root = args.data.expanduser().resolve()
+    # Both checked before the lesson's run, which takes most of an hour on a CPU.
+    repo = checked_repo(args.repo)
+    if not (data_root / "train").is_dir() or not (data_root / "test").is_dir():
+        parser.error(
+            f"--data {args.data}: no train/ and test/ folders in {data_root}. Point --data at "
+            "CIFAR-10 in class folders, <data>/{train,test}/<class>/<image>, e.g. "
+            "data/cifar10-jpeg as conf/data/cifar10_jpeg.yaml describes."
+        )
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="normlab-tta-") as tmp:
         workdir = Path(tmp)
         lesson = lesson_run(data_root, args.epochs, workdir)
         target = lesson["test_acc_per_epoch"][-1]
-        normlab = normlab_run(data_root, target, workdir, args.repo.resolve())
+        normlab = normlab_run(data_root, target, workdir, repo)
     result = {
         "target_acc": target,
         "lesson_s": lesson["seconds"],

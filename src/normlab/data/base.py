@@ -3,6 +3,8 @@ fixed seed, served by `TensorBatchLoader` on the training device."""
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +30,56 @@ class ImageSplit:
         # index_select, not images[index]: advanced indexing of a uint8 [N, C, H, W] tensor
         # takes a slower path on the CPU, and every run's start-up splits the data.
         return ImageSplit(self.images.index_select(0, index), self.labels[index])
+
+
+def only(n: int, noun: str) -> str:
+    """`there is only 1 image`, `there are only 0 images`."""
+    return f"there is only 1 {noun}" if n == 1 else f"there are only {n} {noun}s"
+
+
+def count_or_fraction(size: float, key: str, total: int, fraction_of: int | None = None) -> int:
+    """A split size as typed (`data.val_size`, `data.test_size`: a count of images, or a
+    fraction below 1) as the number of images to hold out of `total`, leaving at least one on
+    each side. A fraction is of `fraction_of` images (default: `total`), rounded to the
+    nearest image. DataError naming `key`, the value as typed and the range allowed otherwise.
+    """
+    number = isinstance(size, numbers.Real) and not isinstance(size, bool)
+    if not number or not math.isfinite(size) or size <= 0:
+        raise DataError(
+            f"{key}={size!r}: must be a positive number of images or a fraction between 0 "
+            f"and 1, e.g. {key}=0.1."
+        )
+    of = fraction_of or total
+    if total < 2:
+        raise DataError(
+            f"{key}={size}: {only(total, 'image')} to split, and both sides of the split "
+            "need at least one. Add images to the dataset."
+        )
+    if 0 < size < 1:
+        count = round(size * of)
+    elif size == int(size):
+        count = int(size)
+    else:
+        raise DataError(
+            f"{key}={size}: a count of images must be a whole number (or use a fraction "
+            f"between 0 and 1), e.g. {key}={int(size)}."
+        )
+    if count < 1:  # a fraction too small for one image
+        smallest = math.ceil(1000 / of) / 1000  # 3 decimals up: at least one image
+        raise DataError(
+            f"{key}={size}: {size} of {of} images is less than one image. Use a count of 1 "
+            f"to {total - 1} images, or a fraction of at least {smallest:g}."
+        )
+    if count >= total:
+        # The largest fraction that still rounds to at most total - 1 images, 3 decimals down.
+        largest = math.floor(1000 * (total - 1) / of) / 1000
+        fraction = f", or a fraction of at most {largest:g}" if largest > 0 else ""
+        asked = f"{count} images ({size} of {of})" if size < 1 else f"{count} images"
+        raise DataError(
+            f"{key}={size}: {asked} would leave none on the other side of the split of "
+            f"{total} images. Use a count of at most {total - 1}{fraction}."
+        )
+    return count
 
 
 class InMemoryDataModule(L.LightningDataModule):
@@ -71,6 +123,9 @@ class InMemoryDataModule(L.LightningDataModule):
         self.train_transform = BatchTransform(tuple(mean), tuple(std), crop_padding, hflip)
         self.eval_transform = BatchTransform(tuple(mean), tuple(std))
         self.val_size = val_size
+        # A fractional val_size is of this many images (None: of the training set `load()`
+        # returns); a subclass that holds out more than validation sets it in `load()`.
+        self.val_fraction_of: int | None = None
         self.train_size = train_size
         self.split_seed = split_seed
         self.seed = seed
@@ -90,17 +145,13 @@ class InMemoryDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         full_train, test = self.load()
-        if 0 < self.val_size < 1:  # a fraction of the training images
-            self.val_size = round(self.val_size * len(full_train))
-        if not 0 < self.val_size < len(full_train):
-            raise ValueError(
-                f"data.val_size={self.val_size} must be between 1 and the {len(full_train)} "
-                "training images minus one."
-            )
+        n_val = count_or_fraction(
+            self.val_size, "data.val_size", len(full_train), self.val_fraction_of
+        )
         order = torch.randperm(
             len(full_train), generator=torch.Generator().manual_seed(self.split_seed)
         )
-        val_index, train_index = order[: self.val_size], order[self.val_size :]
+        val_index, train_index = order[:n_val], order[n_val:]
         if self.train_size is not None:
             train_index = train_index[: self.train_size]
         device = self._device()
@@ -135,8 +186,19 @@ class InMemoryDataModule(L.LightningDataModule):
     def train_dataloader(self) -> TensorBatchLoader:
         loader = self._loader(self.train_set, train=True)
         if len(loader) == 0:
-            per_process = " per process" if loader.world_size > 1 else ""
-            fits = max(2, len(self.train_set) // max(loader.world_size, 1))
+            world = max(loader.world_size, 1)
+            per_process = f" ({world} processes: {len(self.train_set) // world} each)"
+            per_process = per_process if world > 1 else ""
+            fits = len(self.train_set) // world
+            if fits < 2:
+                # A batch of one breaks batch norm: no batch size can help, only more images.
+                raise DataError(
+                    f"data.batch_size={self.batch_size}: "
+                    f"{only(len(self.train_set), 'training image')}{per_process}, too few for "
+                    "a training batch of two. Use "
+                    "more training images: a smaller data.val_size, a larger (or null) "
+                    "data.train_size, or more images in the dataset."
+                )
             raise DataError(
                 f"data.batch_size={self.batch_size} is larger than the {len(self.train_set)} "
                 f"training images{per_process}: training drops the last incomplete batch, so "

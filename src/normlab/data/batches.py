@@ -129,13 +129,6 @@ def crop_and_flip(
     return flat.gather(2, index.expand(b, c, h * w)).view(b, c, h, w)
 
 
-def random_crop(
-    images: torch.Tensor, padding: int, dy: torch.Tensor, dx: torch.Tensor
-) -> torch.Tensor:
-    """Zero-pad by `padding` and cut each image's window at its own offset (dy, dx)."""
-    return crop_and_flip(images, padding, dy, dx)
-
-
 class EpochOrder:
     """The sample order of each epoch; Lightning calls `set_epoch` on a loader's `sampler`."""
 

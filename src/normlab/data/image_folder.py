@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from normlab.data.base import ImageSplit, InMemoryDataModule
+from normlab.data.base import ImageSplit, InMemoryDataModule, count_or_fraction
 from normlab.errors import DataError
 from normlab.files import atomic_open
 
@@ -169,9 +169,9 @@ class ImageFolderDataModule(InMemoryDataModule):
         cache_dir: str | None = None,
         **kwargs,
     ) -> None:
+        # Without both, both are computed from the training images in `load()`. The
+        # transforms hold the statistics the run normalizes with (results.json reads them).
         self.stats_given = mean is not None and std is not None
-        # The statistics the run normalizes with, recorded in results.json.
-        self.stats = {"mean": list(mean), "std": list(std)} if self.stats_given else {}
         super().__init__(
             mean=mean if mean is not None else (0.5, 0.5, 0.5),
             std=std if std is not None else (0.5, 0.5, 0.5),
@@ -182,10 +182,7 @@ class ImageFolderDataModule(InMemoryDataModule):
         self.image_size = image_size
         self.test_size = test_size
         self.cache_dir = Path(cache_dir).expanduser().resolve() if cache_dir else None
-        self.class_names = tuple(self._scan_class_names())
-
-    def _scan_class_names(self) -> list[str]:
-        return self.class_names_in(self.root)
+        self.class_names = tuple(self.class_names_in(self.root))
 
     @staticmethod
     def class_names_in(root: str | Path) -> list[str]:
@@ -223,10 +220,9 @@ class ImageFolderDataModule(InMemoryDataModule):
         train, test = self._decode_or_cached(train_files, test_files)
         if not test_files:
             train, test = self._hold_out_test(train)
-        # A fraction is of the whole train/ folder, as for test_size (0.1 + 0.1: 10% each).
-        self.val_size = self._count(
-            self.val_size, len(train), "data.val_size", fraction_of=len(train_files)
-        )
+        # A fraction is of the whole train/ folder, as for test_size (0.1 + 0.1: 10% each);
+        # the count is checked against what the test split left (setup() does both).
+        self.val_fraction_of = len(train_files)
         if not self.stats_given:
             self._use_statistics_of(train)
         return train, test
@@ -251,12 +247,14 @@ class ImageFolderDataModule(InMemoryDataModule):
                     log.info("The folder %s changed since it was cached: decoding again", self.root)
                 except Exception as err:  # an unreadable cache is only a slower start
                     log.warning("Ignoring the unreadable cache %s (%s)", cache, err)
-        log.info("Decoding %d images in %s (cached afterwards)", len(train_files) + len(test_files),
-                 self.root)  # fmt: skip
+        log.info("Decoding %d images in %s%s", len(train_files) + len(test_files), self.root,
+                 " (cached afterwards)" if cache is not None else "")  # fmt: skip
         train = decode_all(train_files, self.image_size, "train/")
-        empty = torch.empty((0, 3, self.image_size, self.image_size), dtype=torch.uint8)
-        test = decode_all(test_files, self.image_size, "test/") if test_files else None
-        test = test or ImageSplit(empty, torch.empty(0, dtype=torch.long))
+        if test_files:
+            test = decode_all(test_files, self.image_size, "test/")
+        else:  # the test split is held out of train/ later, after the cache is written
+            empty = torch.empty((0, 3, self.image_size, self.image_size), dtype=torch.uint8)
+            test = ImageSplit(empty, torch.empty(0, dtype=torch.long))
         if cache is not None:
             record = {
                 "fingerprint": key,
@@ -274,25 +272,15 @@ class ImageFolderDataModule(InMemoryDataModule):
         return train, test
 
     def _hold_out_test(self, train: ImageSplit) -> tuple[ImageSplit, ImageSplit]:
-        n_test = self._count(self.test_size, len(train), "data.test_size")
+        n_test = count_or_fraction(self.test_size, "data.test_size", len(train))
         # Its own fixed seed: the test split never moves, whatever split_seed says.
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(1234))
         return train.take(order[n_test:]), train.take(order[:n_test])
 
-    @staticmethod
-    def _count(size: float, total: int, key: str, fraction_of: int | None = None) -> int:
-        """`size` as a number of images out of `total`; a fraction is of `fraction_of`."""
-        count = round(size * (fraction_of or total)) if 0 < size < 1 else int(size)
-        if not 0 < count < total:
-            raise DataError(
-                f"{key}={size} leaves no images on one side of the split ({total} images); use "
-                "a fraction between 0 and 1 (e.g. 0.1) or a count below the number of images."
-            )
-        return count
-
     def _use_statistics_of(self, train: ImageSplit) -> None:
-        # Statistics of the whole train/ folder (validation included): a fixed property of
-        # the dataset, the same whatever split_seed or val_size.
+        # Statistics of the training pool, validation included: train/, less the held-out
+        # test split when there is no test/ folder (that split never moves). A fixed property
+        # of the dataset, the same whatever split_seed or val_size.
         # Summed in chunks: 50k images as float would be 600 MB.
         total = torch.zeros(3, dtype=torch.float64)
         squares = torch.zeros(3, dtype=torch.float64)
@@ -306,7 +294,18 @@ class ImageFolderDataModule(InMemoryDataModule):
         mean = tuple(round(v, 4) for v in mean_t.tolist())
         std = tuple(round(v, 4) for v in std_t.tolist())
         log.info("Normalization statistics of %s/train: mean=%s std=%s", self.root, mean, std)
-        self.stats = {"mean": list(mean), "std": list(std)}
+        flat = [channel for channel, value in zip("RGB", std, strict=True) if value <= 0]
+        if flat:
+            # Normalizing divides by the std: every input of that channel would be NaN or inf.
+            given = [value if value > 0 else 1.0 for value in std]
+            raise DataError(
+                f"data.std=null: channel {', '.join(flat)} of the training images in "
+                f"{self.root}/train has one value throughout (standard deviation 0 to 4 "
+                "decimals), "
+                "and normalizing divides by it. Give the statistics yourself, with a positive "
+                f"std for every channel, e.g. data.mean=[{','.join(map(str, mean))}] "
+                f"data.std=[{','.join(map(str, given))}]."
+            )
         self.train_transform = type(self.train_transform)(
             mean, std, self.train_transform.crop_padding, self.train_transform.hflip
         )

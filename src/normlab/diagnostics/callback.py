@@ -34,6 +34,7 @@ from normlab.diagnostics.probes import (
     snapshot,
     update_ratios,
 )
+from normlab.errors import ConfigError
 
 # The largest bucket edge of torch.utils.tensorboard's default histogram bins.
 HISTOGRAM_LIMIT = 1e20
@@ -49,13 +50,25 @@ class NetworkDiagnostics(L.Callback):
             accuracy and the validation variance ratio, after every this many validation
             epochs, the first and the last included (0 = never).
         num_images: validation images in the prediction grid (the first ones of the
-            validation set, the same every epoch).
+            validation set, the same every epoch; 0 = no grid).
     """
 
-    def __init__(self, every_n_steps: int = 50, every_n_epochs: int = 5, num_images: int = 32):
-        for key, value in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
-            if value < 0:
-                raise ValueError(f"{key}={value}: use a positive interval, or 0 for never.")
+    def __init__(
+        self, every_n_steps: int = 50, every_n_epochs: int = 5, num_images: int = 32
+    ) -> None:
+        # (setting, value, what it counts, what 0 means, an example)
+        settings = (
+            ("every_n_steps", every_n_steps, "a number of optimizer steps", "never", 50),
+            ("every_n_epochs", every_n_epochs, "a number of validation epochs", "never", 5),
+            ("num_images", num_images, "a number of images", "no prediction grid", 32),
+        )
+        for name, value, what, zero, example in settings:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(
+                    f"callbacks.diagnostics.{name}={value!r}: use {what}, a whole number (0: "
+                    f"{zero}), e.g. callbacks.diagnostics.{name}={example}; "
+                    "callbacks/diagnostics=none switches all diagnostics off."
+                )
         self.every_n_steps = every_n_steps
         self.every_n_epochs = every_n_epochs
         self.num_images = num_images
@@ -231,6 +244,8 @@ class NetworkDiagnostics(L.Callback):
         axes.set_title(f"epoch {trainer.current_epoch}: validation accuracy {accuracy:.3f}")
         self._writer.add_figure("val/confusion_matrix", figure, step, close=True)
         images, labels, predicted = self._sample
+        if not len(images):
+            return  # num_images=0: no grid (an empty image cannot be written)
         mean, std = normalization(trainer)
         grid = prediction_grid(
             to_uint8_images(images, mean, std),

@@ -144,11 +144,12 @@ class TrainingProbe(Probe):
 
 
 class ValidationProbe(Probe):
-    """Measures each batch norm's per-channel input variance on the first `max_images` images
-    of a validation epoch (evaluation mode: dropout off, running statistics in use; the same
-    images every epoch). Its ratio to the running variance is the variance shift: far from 1
-    when dropout feeds a batch norm (Li et al. 2019). 256 images give each channel tens of
-    thousands of values, without paying for the variance of a whole validation set.
+    """Measures each batch norm's per-channel input variance on the first batch of a
+    validation epoch: its first `max_images` images, or all of it when the batch is smaller
+    (evaluation mode: dropout off, running statistics in use; the same images every epoch).
+    Its ratio to the running variance is the variance shift: far from 1 when dropout feeds a
+    batch norm (Li et al. 2019). 256 images give each channel tens of thousands of values,
+    without paying for the variance of a whole validation set.
     """
 
     def __init__(self, layers: WatchedLayers, max_images: int = 256) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from normlab.files import atomic_open
 from normlab.report.plots import write_plots
 from normlab.report.sweep import Sweep, load_sweep
-from normlab.report.tables import markdown, write_csv
+from normlab.report.tables import check_baselines, markdown, write_csv
 
 __all__ = ["Sweep", "load_sweep", "write_report"]
 
@@ -25,6 +25,7 @@ def write_report(
     `baselines` names, per swept axis, the value the others are compared with (default: the
     first value swept)."""
     sweep = load_sweep(Path(sweep_dir))
+    check_baselines(sweep, baselines)  # before anything is written
     write_csv(sweep, sweep.path / "summary.csv")
     written: list[str] = []
     if plots:

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from normlab.errors import NormlabError
-from normlab.report import write_report
-from normlab.report.sweep import split_override
+from normlab.report import load_sweep, write_report
+from normlab.report.tables import parse_baselines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,8 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "e.g. --baseline model/norm=batch",
     )
     args = parser.parse_args(argv)
-    baselines = dict(split_override(b) for b in args.baseline)
     try:
+        baselines = parse_baselines(args.baseline, load_sweep(args.sweep_dir))
         path = write_report(args.sweep_dir, plots=not args.no_plots, baselines=baselines)
     except NormlabError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -13,7 +13,7 @@ def format_number(value: float | int | str, digits: int = 3) -> str:
     notation (decimal on a tie): 0.0031622776601683794 -> 0.00316, 0.001 -> 1e-3,
     0.0003 -> 3e-4, 12345.678 -> 1.23e4. Whole numbers below 10,000 stay whole (batch size
     128, lr 1000); text that is not a finite number comes back unchanged."""
-    number = _number(value)
+    number = as_number(value)
     if number is None:
         return str(value)
     if number == int(number) and abs(number) < 10_000:
@@ -33,7 +33,9 @@ def _compact_exponent(text: str) -> str:
     return f"{mantissa}e{int(exponent)}"
 
 
-def _number(value: float | int | str) -> float | None:
+def as_number(value: float | int | str) -> float | None:
+    """`value` as a finite float (a swept value such as "0.01" or "1e-3"); None for text,
+    booleans, NaN and infinities."""
     if isinstance(value, bool):
         return None
     try:
@@ -47,7 +49,7 @@ def short_forms(values: Iterable[str], digits: int = 3) -> dict[str, str]:
     """{raw value: label} for the values of one swept key: `format_number` with as many
     digits as it takes (from `digits` up) for different numbers to keep different labels."""
     values = list(dict.fromkeys(values))
-    numbers = {v: n for v in values if (n := _number(v)) is not None}
+    numbers = {v: n for v in values if (n := as_number(v)) is not None}
     for precision in range(digits, 18):
         shown = {v: format_number(v, precision) for v in numbers}
         distinct = {numbers[v]: s for v, s in shown.items()}

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from normlab.files import atomic_open
-from normlab.report.numbers import format_number
+from normlab.report.numbers import as_number, format_number
 from normlab.report.sweep import Config, Sweep, mean_std
 
 if TYPE_CHECKING:
@@ -49,17 +49,9 @@ def numeric_axes(configs: list[Config]) -> list[str]:
     axes = []
     for key in configs[0].settings:
         values = {c.settings[key] for c in configs}
-        if len(values) > 1 and all(_number(v) is not None for v in values):
+        if len(values) > 1 and all(as_number(v) is not None for v in values):
             axes.append(key)
     return axes
-
-
-def _number(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
 
 
 def _figure(width: float, height: float) -> Figure:

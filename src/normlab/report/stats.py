@@ -15,10 +15,17 @@ from dataclasses import dataclass
 
 from scipy import stats
 
+# Values differing by less than this (relative to the values) count as equal: the
+# differences of accuracies that differ by the same number of images can still differ in the
+# last bits (0.7 - 0.6 != 0.6 - 0.5 in floating point), and a t-test would read that as a
+# spread of 1e-17 and a p-value of 1e-31.
+SAME = 1e-9
+
 
 @dataclass(frozen=True)
 class Difference:
-    """mean(a) - mean(b), with a two-sided confidence interval and p-value."""
+    """mean(a) - mean(b), with a two-sided confidence interval and p-value; the interval
+    and p-value are NaN when the values have no spread to estimate one from."""
 
     mean: float
     low: float
@@ -28,8 +35,12 @@ class Difference:
     paired: bool
 
     @property
+    def has_interval(self) -> bool:
+        return not math.isnan(self.low)
+
+    @property
     def significant(self) -> bool:
-        return self.low > 0 or self.high < 0
+        return self.low > 0 or self.high < 0  # False for NaN: no interval, no claim
 
 
 def difference(
@@ -37,13 +48,14 @@ def difference(
 ) -> Difference | None:
     """Compare two configurations' values, keyed by seed. Paired when both have the same
     seeds; None when there are too few values for an interval."""
+    xa, xb = list(a.values()), list(b.values())
+    scale = max((abs(x) for x in xa + xb), default=0.0)
     if set(a) == set(b) and len(a) >= 2:
         diffs = [a[seed] - b[seed] for seed in sorted(a)]
         n = len(diffs)
         mean = statistics.fmean(diffs)
         se = statistics.stdev(diffs) / math.sqrt(n)
-        return _interval(mean, se, n - 1, level, n, paired=True)
-    xa, xb = list(a.values()), list(b.values())
+        return _interval(mean, se, n - 1, level, n, paired=True, scale=scale)
     if len(xa) < 2 or len(xb) < 2:
         return None
     va, vb = statistics.variance(xa) / len(xa), statistics.variance(xb) / len(xb)
@@ -51,13 +63,18 @@ def difference(
     # Welch–Satterthwaite degrees of freedom.
     df = (va + vb) ** 2 / (va**2 / (len(xa) - 1) + vb**2 / (len(xb) - 1)) if se > 0 else 1.0
     mean = statistics.fmean(xa) - statistics.fmean(xb)
-    return _interval(mean, se, df, level, min(len(xa), len(xb)), paired=False)
+    return _interval(mean, se, df, level, min(len(xa), len(xb)), paired=False, scale=scale)
 
 
-def _interval(mean: float, se: float, df: float, level: float, n: int, paired: bool) -> Difference:
-    if se == 0:  # identical runs: no spread, the difference is exact
-        p = 1.0 if mean == 0 else 0.0
-        return Difference(mean, mean, mean, p, n, paired)
+def _interval(
+    mean: float, se: float, df: float, level: float, n: int, paired: bool, scale: float
+) -> Difference:
+    if se <= SAME * scale:
+        # No spread (e.g. every seed moved by the same number of test images): a t interval
+        # would have zero width and p = 0, "significant" from two seeds. Zero variance in a
+        # handful of runs is not evidence of no uncertainty; there is no interval to give.
+        # (scipy's ttest_rel gives p NaN for an all-zero difference, p 0 for a constant one.)
+        return Difference(mean, math.nan, math.nan, math.nan, n, paired)
     half = stats.t.ppf(0.5 + level / 2, df) * se
     p = 2 * stats.t.sf(abs(mean) / se, df)
     return Difference(mean, mean - half, mean + half, float(p), n, paired)

@@ -4,16 +4,18 @@ per epoch, and the jobs that did not complete)."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from normlab.errors import NormlabError
 from normlab.files import atomic_open
 from normlab.report.numbers import format_number
 from normlab.report.stats import Contrast, contrasts
-from normlab.report.sweep import Job, Sweep, mean_std
+from normlab.report.sweep import Job, Sweep, mean_std, split_override
 
 # Per-configuration aggregates in summary.md: (column title, per-job value).
 AGGREGATES = (
@@ -46,6 +48,17 @@ def csv_columns(jobs: Iterable[Job]) -> list[str]:
     )
 
 
+def csv_cell(value: Any) -> Any:
+    """A results.json value as a CSV cell: lists and mappings (classes, normalization, tags)
+    as JSON, which any reader can parse back, not as Python's repr; text as it is (the csv
+    module quotes a multi-line error, and reads it back whole)."""
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple | dict):
+        return json.dumps(value)
+    return value
+
+
 def write_csv(sweep: Sweep, path: Path) -> None:
     """One row per job; the swept values and overrides as given (full precision), the
     `config` column the report's short label."""
@@ -60,9 +73,55 @@ def write_csv(sweep: Sweep, path: Path) -> None:
             row += [job.settings.get(k, "") for k in axes]
             for key in metrics:
                 value = job.value(key) if key == "train_val_gap" else job.results.get(key)
-                row.append("" if value is None else value)
+                row.append(csv_cell(value))
             row.append(" ".join(job.overrides))
             writer.writerow(row)
+
+
+def swept_axes(sweep: Sweep) -> dict[str, list[str]]:
+    """{axis: its values, in the order swept} for every swept key but the seed."""
+    axes = [k for k in sweep.varying if k != "seed"]
+    return {
+        axis: list(dict.fromkeys(job.settings[axis] for job in sweep.jobs if axis in job.settings))
+        for axis in axes
+    }
+
+
+def _baseline_error(given: str, problem: str, sweep: Sweep) -> NormlabError:
+    axes = swept_axes(sweep)
+    if not axes:
+        listing = "This sweep varies nothing but the seed, so there is no axis to compare."
+    else:
+        listing = "The swept axes and their values: " + "; ".join(
+            f"{axis}: {', '.join(values)}" for axis, values in axes.items()
+        )
+        axis, values = next(iter(axes.items()))
+        listing += f". Name one, e.g. --baseline {axis}={values[-1]}."
+    return NormlabError(f"--baseline {given}: {problem}. {listing}")
+
+
+def check_baselines(sweep: Sweep, baselines: Mapping[str, str] | None) -> None:
+    """NormlabError unless each baseline names a swept axis and a value it took (a typo
+    would otherwise silently drop the axis from the contrasts)."""
+    axes = swept_axes(sweep)
+    for axis, value in (baselines or {}).items():
+        if axis not in axes:
+            raise _baseline_error(f"{axis}={value}", f"{axis} is not swept", sweep)
+        if value not in axes[axis]:
+            problem = f"{axis} never took the value {value!r}"
+            raise _baseline_error(f"{axis}={value}", problem, sweep)
+
+
+def parse_baselines(given: Iterable[str], sweep: Sweep) -> dict[str, str]:
+    """`--baseline AXIS=VALUE` arguments as {axis: value}, checked against the sweep."""
+    baselines = {}
+    for text in given:
+        if "=" not in text:
+            raise _baseline_error(text, "write AXIS=VALUE", sweep)
+        axis, value = split_override(text)
+        baselines[axis] = value
+    check_baselines(sweep, baselines)
+    return baselines
 
 
 def sweep_contrasts(
@@ -96,9 +155,9 @@ def _contrast_section(sweep: Sweep, baselines: dict[str, str] | None) -> list[st
                 ", ".join(f"{k}={sweep.show(k, v)}" for k, v in c.where.items()) or "–",
                 f"{c.diff.n}{'' if c.diff.paired else ' (unpaired)'}",
                 f"{c.diff.mean:+.4f}{' *' if c.diff.significant else ''}",
-                f"[{c.diff.low:+.4f}, {c.diff.high:+.4f}]",
-                format_number(c.diff.p_value),
-                "–" if g is None else f"{g.diff.mean:+.4f} [{g.diff.low:+.4f}, {g.diff.high:+.4f}]",
+                _interval_cell(c),
+                format_number(c.diff.p_value) if c.diff.has_interval else "–",
+                "–" if g is None else f"{g.diff.mean:+.4f} {_interval_cell(g)}",
             ]
         )
     return [
@@ -108,11 +167,17 @@ def _contrast_section(sweep: Sweep, baselines: dict[str, str] | None) -> list[st
         "Each swept value against its axis's baseline, the other axes held fixed: the mean "
         "difference in test accuracy over seeds with its 95% confidence interval (paired t "
         "over seeds when both sides ran the same seeds, else Welch's t) and p-value; "
-        "* marks an interval that excludes zero. The last column is the same difference in "
-        "the train − val gap.",
+        '* marks an interval that excludes zero; "no spread" marks differences that are the '
+        "same for every seed, from which no interval can be estimated. The last column is the "
+        "same difference in the train − val gap.",
         "",
         *_table(["comparison", "where", "n", "Δ test acc", "95% CI", "p", "Δ gap [95% CI]"], rows),
     ]
+
+
+def _interval_cell(contrast: Contrast) -> str:
+    diff = contrast.diff
+    return f"[{diff.low:+.4f}, {diff.high:+.4f}]" if diff.has_interval else "(no spread)"
 
 
 def markdown(sweep: Sweep, plots: Sequence[str], baselines: dict[str, str] | None = None) -> str:

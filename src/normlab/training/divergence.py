@@ -15,6 +15,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from normlab.errors import ConfigError
+
 log = logging.getLogger("normlab")
 
 
@@ -38,8 +40,20 @@ class DivergenceGuard(L.Callback):
     """
 
     def __init__(self, check_every_n_steps: int = 25, max_loss: float | None = None) -> None:
-        if check_every_n_steps < 1:
-            raise ValueError(f"check_every_n_steps must be >= 1, got {check_every_n_steps}")
+        steps = check_every_n_steps
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ConfigError(
+                f"callbacks.divergence.check_every_n_steps={steps!r}: must be a positive whole "
+                "number of optimizer steps (how often the loss is read on the host), e.g. "
+                "callbacks.divergence.check_every_n_steps=25."
+            )
+        bad_limit = isinstance(max_loss, bool) or not isinstance(max_loss, int | float)
+        if max_loss is not None and (bad_limit or not max_loss > 0):
+            raise ConfigError(
+                f"callbacks.divergence.max_loss={max_loss!r}: must be a positive number (a "
+                "loss above it counts as divergence), e.g. callbacks.divergence.max_loss=1e4, "
+                "or null to stop only on NaN/inf."
+            )
         self.check_every_n_steps = check_every_n_steps
         self.max_loss = max_loss
         self.diverged_at_step: int | None = None

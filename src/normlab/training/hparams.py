@@ -22,6 +22,9 @@ from typing import Any
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+# Reads results.json values only; the runner imports normlab.report anyway (sweep reports).
+from normlab.report.sweep import result_number, train_val_gap
+
 # results.json keys shown as HParams metrics.
 METRIC_KEYS = (
     "val_acc_best",
@@ -34,11 +37,14 @@ METRIC_KEYS = (
 
 
 def hparams_metrics(results: Mapping[str, Any]) -> dict[str, float]:
-    metrics = {f"hparams/{key}": float(results[key]) for key in METRIC_KEYS if _has(results, key)}
-    if _has(results, "train_acc_final") and _has(results, "val_acc_final"):
-        # Final-epoch train minus validation accuracy: how much the run overfits.
-        gap = results["train_acc_final"] - results["val_acc_final"]
-        metrics["hparams/train_val_gap"] = float(gap)
+    metrics = {
+        f"hparams/{key}": value
+        for key in METRIC_KEYS
+        if (value := result_number(results, key)) is not None
+    }
+    gap = train_val_gap(results)  # the report's column, computed the same way
+    if gap is not None:
+        metrics["hparams/train_val_gap"] = gap
     return metrics
 
 
@@ -68,7 +74,3 @@ def _plain(value: Any) -> bool | int | float | str:
     if isinstance(value, bool | int | float | str):
         return value
     return "none" if value is None else str(value)
-
-
-def _has(results: Mapping[str, Any], key: str) -> bool:
-    return isinstance(results.get(key), int | float)

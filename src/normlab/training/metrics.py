@@ -31,6 +31,24 @@ class _RunningSums(Metric):
         else:
             super().__setattr__(name, value)
 
+    def _value(self) -> torch.Tensor:
+        """The value of the sums as they stand (no synchronization)."""
+        raise NotImplementedError
+
+    def compute(self) -> torch.Tensor:
+        # torchmetrics wraps compute() to first sum the states of every process (DDP).
+        return self._value()
+
+    def local_value(self) -> float | None:
+        """This process's value so far (e.g. the epoch's running loss for a progress bar),
+        computed as `compute()` computes it but without synchronizing with other processes;
+        None before the first update. Reading it waits for the device (one host sync), so
+        call it now and then, not on every step."""
+        # _update_count is a plain int (reset with the states): no device read to find out.
+        if not self._update_count:
+            return None
+        return float(self._value())
+
 
 class Mean(_RunningSums):
     """The mean of the values passed to `update()` (each a scalar tensor or number), e.g. the
@@ -51,7 +69,7 @@ class Mean(_RunningSums):
         self.total.add_(value)
         self.count.add_(1.0)
 
-    def compute(self) -> torch.Tensor:
+    def _value(self) -> torch.Tensor:
         return self.total / self.count
 
 
@@ -72,6 +90,6 @@ class Accuracy(_RunningSums):
         self.correct.add_((logits.argmax(1) == labels).sum())
         self.total.add_(labels.numel())
 
-    def compute(self) -> torch.Tensor:
+    def _value(self) -> torch.Tensor:
         correct, total = self.correct.float(), self.total.float()
         return torch.where(total > 0, correct / total.clamp(min=1), torch.zeros_like(total))

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MaxMetric
 
+from normlab.errors import ConfigError
 from normlab.training.hooks import TRAINING_STEP_HOOKS, skip_inherited_batch_hooks
 from normlab.training.metrics import Accuracy, Mean
 
@@ -40,7 +41,9 @@ class ImageClassifier(L.LightningModule):
         optimizer: called with the parameters; e.g. `functools.partial(torch.optim.SGD, lr=0.1)`.
         scheduler: called with the optimizer and `total_steps`, e.g.
             `functools.partial(normlab.training.schedules.cosine, min_lr=0.0)`; None = constant.
-        num_classes: number of classes the network predicts.
+        num_classes: number of classes the network predicts (`model.num_classes`); a step
+            whose logits have another width stops the run with a ConfigError, instead of
+            training a wider head in silence or failing inside cross-entropy.
         compile: compile the network with `torch.compile` in place (`nn.Module.compile`, so
             parameter names carry no `_orig_mod.` and checkpoints load into an uncompiled
             network). True for the defaults, or a mapping of `torch.compile` options, e.g.
@@ -73,9 +76,9 @@ class ImageClassifier(L.LightningModule):
         if compile:
             self.net.compile(**(dict(compile) if isinstance(compile, Mapping) else {}))
 
+        self.num_classes = num_classes
         # Neither metric synchronizes with the host on a step (no input validation, no NaN
         # check): a NaN loss shows up as a NaN epoch loss.
-        self.num_classes = num_classes
         self.train_acc, self.val_acc, self.test_acc = Accuracy(), Accuracy(), Accuracy()
         self.train_loss, self.val_loss, self.test_loss = Mean(), Mean(), Mean()
         self.val_acc_best = MaxMetric()
@@ -101,11 +104,22 @@ class ImageClassifier(L.LightningModule):
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         images, labels = batch
         logits = self(images)
+        if logits.size(1) != self.num_classes:  # a shape: read without waiting for the device
+            raise self._width_error(logits.size(1))
         loss = F.cross_entropy(logits, labels)
         # update(), not __call__: the call would also compute a per-batch value nobody reads.
         getattr(self, f"{stage}_acc").update(logits.detach(), labels)
         getattr(self, f"{stage}_loss").update(loss.detach())
         return loss
+
+    def _width_error(self, width: int) -> ConfigError:
+        n = self.num_classes
+        return ConfigError(
+            f"model.num_classes={n} but the network ({type(self.net).__name__}) outputs {width} "
+            f"class scores per image. Build the network for {n} classes (a custom network's "
+            f"own output width must follow model.num_classes), or set model.num_classes={width} "
+            "if the data has that many classes."
+        )
 
     def _log_epoch_metrics(self, stage: str) -> None:
         """Register the stage's metric objects with Lightning, once per epoch.

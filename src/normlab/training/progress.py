@@ -8,8 +8,9 @@ import time
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
+
+from normlab.training.metrics import Accuracy, Mean
 
 
 class TerminalProgressBar(TQDMProgressBar):
@@ -48,6 +49,10 @@ class TerminalProgressBar(TQDMProgressBar):
     def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
         super().on_train_epoch_start(trainer, *args)
         self._batches_done = 0
+        # The last epoch's final loss and accuracy are not this epoch's (tqdm would keep them
+        # through its reset): they return with the first read of the new epoch's sums.
+        self._shown = {k: v for k, v in self._shown.items() if k not in ("loss", "acc")}
+        self.train_progress_bar.set_postfix(self._shown, refresh=False)
         self.train_progress_bar.set_description(epoch_label(trainer))
 
     def on_train_batch_end(
@@ -80,8 +85,8 @@ class TerminalProgressBar(TQDMProgressBar):
 
     def _read_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, str]:
         metrics: dict[str, str] = {}
-        loss = running_mean(getattr(pl_module, "train_loss", None))
-        acc = running_accuracy(getattr(pl_module, "train_acc", None))
+        loss = running_value(getattr(pl_module, "train_loss", None))
+        acc = running_value(getattr(pl_module, "train_acc", None))
         if loss is not None:
             metrics["loss"] = f"{loss:.4f}"
         if acc is not None:
@@ -111,23 +116,11 @@ def epoch_label(trainer: L.Trainer) -> str:
     return f"epoch {trainer.current_epoch + 1}{total}"
 
 
-def running_mean(metric: Any) -> float | None:
-    """A torchmetrics MeanMetric's value so far, from its local sums (no synchronization)."""
-    try:
-        weight = float(metric.weight)
-        return float(metric.mean_value) / weight if weight > 0 else None
-    except (AttributeError, TypeError, RuntimeError):
-        return None
-
-
-def running_accuracy(metric: Any) -> float | None:
-    """A micro-averaged MulticlassAccuracy's value so far, from its local counts."""
-    try:
-        tp, fn = torch.as_tensor(metric.tp).sum(), torch.as_tensor(metric.fn).sum()
-        total = float(tp + fn)
-        return float(tp) / total if total > 0 else None
-    except (AttributeError, TypeError, RuntimeError):
-        return None
+def running_value(metric: Any) -> float | None:
+    """The epoch's value so far of a normlab `Mean` or `Accuracy` in this process (its local
+    sums, no synchronization with other processes); None for anything else or before the
+    epoch's first step."""
+    return metric.local_value() if isinstance(metric, Mean | Accuracy) else None
 
 
 def format_duration(seconds: float) -> str:
