@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import csv
 import json
+import socket
 import statistics
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -261,10 +264,64 @@ def test_hparams_tab_holds_each_runs_real_hyperparameters_and_metrics(lesson_swe
         assert hparams["status"] == "completed" and hparams["name"] == res["name"]
         # the values that define the run, not constants such as the evaluation batch size
         assert "data/eval_batch_size" not in hparams and not any("paths" in k for k in hparams)
-        assert {"hparams/val_acc_best", "hparams/test_acc", "hparams/train_val_gap"} <= set(scalars)
+        assert {"acc/val_best", "acc/test", "acc/train_val_gap"} <= set(scalars)
         assert "hp_metric" not in scalars
-        assert scalars["hparams/val_acc_best"] == pytest.approx(res["val_acc_best"], abs=1e-6)
-        assert scalars["hparams/test_acc"] == pytest.approx(res["test_acc"], abs=1e-6)
+        assert scalars["acc/val_best"] == pytest.approx(res["val_acc_best"], abs=1e-6)
+        assert scalars["acc/test"] == pytest.approx(res["test_acc"], abs=1e-6)
+        gap = res["train_acc_final"] - res["val_acc_final"]
+        assert scalars["acc/train_val_gap"] == pytest.approx(gap, abs=1e-6)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def hparams_experiment(logdir: Path) -> dict:
+    """The experiment TensorBoard's HParams tab asks its own server for (the request the
+    dashboard sends when it opens)."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(port),
+         "--host", "127.0.0.1", "--load_fast", "false"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/data/plugin/hparams/experiment",
+        data=json.dumps({"experimentName": ""}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                experiment = json.loads(urllib.request.urlopen(request, timeout=10).read())
+            except OSError:
+                experiment = {}
+            if experiment.get("hparamInfos") or time.monotonic() > deadline:
+                return experiment
+            time.sleep(0.5)
+    finally:
+        server.terminate()
+        server.wait()
+
+
+@pytest.mark.slow
+def test_hparams_tab_shows_what_the_sweep_varies_and_the_accuracies(lesson_sweep):
+    """The dashboard (tensorboard's webfiles, `_computeHParams`/`_computeMetrics`) sorts the
+    hyperparameters that differ first and ticks the first five, and ticks the first five
+    metrics in the order the server lists them."""
+    _, sweep_dir = lesson_sweep
+    experiment = hparams_experiment(sweep_dir)
+    hparams = experiment["hparamInfos"]
+    differing = [h["name"] for h in hparams if h.get("differs")]
+    assert set(differing) == {"model", "model/norm", "name", "seed"}
+    assert [h["name"] for h in hparams[: len(differing)]] == differing  # listed first
+    shown_metrics = [m["name"]["tag"] for m in experiment["metricInfos"][:5]]
+    assert shown_metrics == [
+        "acc/test", "acc/train_final", "acc/train_val_gap", "acc/val_best", "acc/val_final"
+    ]  # fmt: skip
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,24 +17,10 @@ from typing import Any
 from normlab.errors import NormlabError
 from normlab.files import folder_in_use
 from normlab.report.numbers import short_forms
+from normlab.results import result_number, train_val_gap
 
 # Runs that produced metrics: diverged runs stopped early but were validated and tested.
 MEASURED = ("completed", "diverged")
-
-
-def result_number(results: Mapping[str, Any], key: str) -> float | None:
-    """A number recorded in results.json; None when absent, null or not a number."""
-    value = results.get(key)
-    return float(value) if isinstance(value, int | float) else None
-
-
-def train_val_gap(results: Mapping[str, Any]) -> float | None:
-    """The final epoch's training accuracy minus its validation accuracy (how much the run
-    overfits), from results.json; None when either is missing. The report's column and the
-    run's TensorBoard HParams metric (normlab.training.hparams) both come from here."""
-    train = result_number(results, "train_acc_final")
-    val = result_number(results, "val_acc_final")
-    return None if train is None or val is None else train - val
 
 
 @dataclass

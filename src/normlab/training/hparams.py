@@ -4,8 +4,8 @@ Lightning records hyperparameters when `fit` starts, before any result exists; w
 `default_hp_metric: false` that writes no HParams entry at all (with it, a meaningless
 `hp_metric = -1`). So the entry is written once, when the run has ended and been tested: the
 values that define the run (the runner chooses them: `model/norm`, `optimizer/lr`, `seed`, ...)
-plus its status, and its metrics under `hparams/` (their own scalar tags, so the curves of
-`val/acc_best` and `test/acc` keep exactly the points the run logged).
+plus its status, and its final metrics (`acc/test`, `acc/val_best`, ... : their own scalar
+tags, so the curves of `val/acc_best` and `test/acc` keep exactly the points the run logged).
 
 Only the session records are written, not the experiment record Lightning and torch add:
 TensorBoard takes one run's experiment record (whichever it reads first) as the list of
@@ -22,29 +22,32 @@ from typing import Any
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-# Reads results.json values only; the runner imports normlab.report anyway (sweep reports).
-from normlab.report.sweep import result_number, train_val_gap
+from normlab.results import result_number, train_val_gap
 
-# results.json keys shown as HParams metrics.
-METRIC_KEYS = (
-    "val_acc_best",
-    "val_acc_final",
-    "test_acc",
-    "train_acc_final",
-    "train_loss_final",
-    "epochs_completed",
-)
+# HParams metric tag -> results.json key. With no experiment record, TensorBoard lists the
+# metrics of the runs' scalar tags in name order and displays the first five: `acc/` sorts
+# before every other tag a run writes (`activation_std/...`, `grad_norm/...`, `train/...`), so
+# the five accuracies are the columns a user sees.
+METRICS = {
+    "acc/test": "test_acc",
+    "acc/train_final": "train_acc_final",
+    "acc/val_best": "val_acc_best",
+    "acc/val_final": "val_acc_final",
+    "loss/train_final": "train_loss_final",
+    "epochs_completed": "epochs_completed",
+}
+GAP_TAG = "acc/train_val_gap"
 
 
 def hparams_metrics(results: Mapping[str, Any]) -> dict[str, float]:
     metrics = {
-        f"hparams/{key}": value
-        for key in METRIC_KEYS
+        tag: value
+        for tag, key in METRICS.items()
         if (value := result_number(results, key)) is not None
     }
     gap = train_val_gap(results)  # the report's column, computed the same way
     if gap is not None:
-        metrics["hparams/train_val_gap"] = gap
+        metrics[GAP_TAG] = gap
     return metrics
 
 
