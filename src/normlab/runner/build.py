@@ -27,7 +27,13 @@ from normlab.training.profiling import NoProfiler
 
 def network_spec(model_cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """`cfg.model` as plain values, ready for `instantiate`."""
-    spec = OmegaConf.to_container(OmegaConf.create(model_cfg), resolve=True)
+    if isinstance(model_cfg, DictConfig):
+        # Resolved in place, against the whole config: a copy (OmegaConf.create) would be cut
+        # off from its root, and a model key that interpolates one outside the model
+        # (`${seed}`, `${data.image_size}`) would fail to resolve.
+        spec = OmegaConf.to_container(model_cfg, resolve=True)
+    else:
+        spec = OmegaConf.to_container(OmegaConf.create(model_cfg), resolve=True)
     dropout = spec.get("dropout")
     if isinstance(dropout, dict) and "placement" in dropout:
         spec["dropout_placement"] = dropout.pop("placement")
