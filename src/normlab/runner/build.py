@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from normlab.errors import ConfigError
 from normlab.training import ImageClassifier, TerminalProgressBar
 from normlab.training.checkpoints import AtomicCheckpointIO
 from normlab.training.hooks import skip_inherited_batch_hooks
@@ -48,6 +49,36 @@ def build_network(
     place = torch.device(device) if device else contextlib.nullcontext()
     with place:
         return instantiate(network_spec(model_cfg), _convert_="all")
+
+
+def build_network_or_error(
+    model_cfg: DictConfig | Mapping[str, Any], device: str | None = None
+) -> nn.Module:
+    """`build_network`, any failure turned into one ConfigError that names the model setting
+    at fault (`normlab.runner.checks.network_error`)."""
+    try:
+        network_spec(model_cfg)
+    except Exception as err:
+        # network_error reads the settings itself: one that does not resolve is said here.
+        raise unresolved_error("model", err) from None
+    try:
+        return build_network(model_cfg, device)
+    except Exception as err:
+        # Imported here: normlab.runner.checks imports this module.
+        from normlab.runner.checks import network_error
+
+        raise network_error(model_cfg, err) from None
+
+
+def unresolved_error(node: str, err: Exception) -> ConfigError:
+    """A setting of `node` whose interpolation (`${...}`) cannot be resolved, as one paragraph."""
+    first_line = (str(err).splitlines() or [""])[0]
+    full_key = getattr(err, "full_key", None)
+    where = f"{full_key}" if full_key else node
+    return ConfigError(
+        f"{where}: its value cannot be resolved ({type(err).__name__}: {first_line}). Point the "
+        "interpolation at a key that exists, or give the value itself."
+    )
 
 
 def build_module(cfg: DictConfig, net: nn.Module) -> ImageClassifier:

@@ -21,8 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from normlab.errors import ConfigError
 from normlab.files import write_json
-from normlab.runner.build import build_module, build_network
-from normlab.runner.checks import network_error
+from normlab.runner.build import build_module, build_network_or_error
 from normlab.runner.cli import quiet_lightning
 from normlab.runner.rundir import (
     CHECKPOINTS,
@@ -110,10 +109,7 @@ def evaluate(eval_cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, A
         ckpt = checkpoint_path(run_dir, which)
     apply_overrides(cfg, eval_cfg, overrides)
     L.seed_everything(cfg.seed, verbose=False)
-    try:
-        net = build_network(cfg.model)
-    except Exception as err:
-        raise network_error(cfg.model, err) from None
+    net = build_network_or_error(cfg.model)
     # Plain weights only (weights_only=True), and a clear message when model overrides
     # describe a network the checkpoint's weights do not fit.
     checkpoint = load_checkpoint(ckpt, key="checkpoint")
