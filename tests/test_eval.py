@@ -44,6 +44,14 @@ def trained(run_dir, checkpoint: str):
     return cfg, net.eval()
 
 
+def copy_run(run_dir, destination):
+    """A copy of a finished run's config, checkpoints and results (not its logs)."""
+    for part in (".hydra", "checkpoints"):
+        shutil.copytree(run_dir / part, destination / part)
+    shutil.copy(run_dir / "results.json", destination / "results.json")
+    return destination
+
+
 def probabilities(cfg, net, images: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(list(cfg.data.mean)).view(1, -1, 1, 1)
     std = torch.tensor(list(cfg.data.std)).view(1, -1, 1, 1)
@@ -153,13 +161,26 @@ def test_predict_classifies_image_files_of_any_size(run, tmp_path):
 def test_predict_rejects_unreadable_files_and_missing_runs(run, tmp_path, capsys):
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("hello")
+    # The run's checkpoints, with a config that describes another network (no batch norm).
+    other_model = copy_run(run.run_dir, tmp_path / "other_model")
+    cfg = OmegaConf.load(other_model / ".hydra" / "config.yaml")
+    cfg.model = compose_config(["model=cnn"]).model
+    OmegaConf.save(cfg, other_model / ".hydra" / "config.yaml")
     for argv, message in [
         ([f"run={run.run_dir}", str(not_an_image)], "not a readable image"),
         ([f"run={run.run_dir}", str(tmp_path / "absent.png")], "no such image file"),
         ([f"run={tmp_path / 'nowhere'}", str(not_an_image)], "no such directory"),
         ([f"run={run.run_dir}"], "at least one image"),
+        (
+            [f"run={other_model}", str(not_an_image)],
+            f"checkpoint={other_model / 'checkpoints' / 'best.ckpt'} was saved by a different "
+            "architecture (SeedCNN with norm=BatchNorm2d, dropout=Dropout): it has 10 this "
+            "network lacks (features.0.norm.weight,",
+        ),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             predict_main(argv)
         assert exit_info.value.code == 1
-        assert message in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert message in " ".join(err.split()), err
+        assert "Traceback" not in err

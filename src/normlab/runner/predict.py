@@ -21,10 +21,10 @@ from hydra.utils import instantiate
 from normlab.data.batches import BatchTransform
 from normlab.data.image_folder import decode_image
 from normlab.errors import ConfigError, DataError
-from normlab.runner.build import build_network
-from normlab.runner.checks import network_error
+from normlab.runner.build import build_network_or_error
 from normlab.runner.cli import exit_on_user_error
 from normlab.runner.rundir import (
+    check_architecture,
     checkpoint_path,
     load_checkpoint,
     network_weights,
@@ -40,12 +40,13 @@ class Predictor:
 
     def __init__(self, run_dir: Path, which: str = "best") -> None:
         cfg = saved_config(run_dir, "run")
-        weights = load_checkpoint(checkpoint_path(run_dir, which), key="checkpoint")["state_dict"]
-        try:
-            self.net = build_network(cfg.model)
-        except Exception as err:
-            raise network_error(cfg.model, err) from None
-        self.net.load_state_dict(network_weights(weights))
+        path = checkpoint_path(run_dir, which)
+        checkpoint = load_checkpoint(path, key="checkpoint")
+        self.net = build_network_or_error(cfg.model)
+        # A message naming the mismatch (a checkpoint copied in from another run, a config
+        # edited since), not load_state_dict's RuntimeError listing every tensor.
+        check_architecture(checkpoint, self.net, path, key="checkpoint")
+        self.net.load_state_dict(network_weights(checkpoint["state_dict"]))
         self.net.eval()
         self.image_size = int(cfg.data.get("image_size", 32))
         self.channels = int(cfg.model.get("in_channels", 3))
@@ -116,7 +117,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         ):
             print(f"{path}: " + ", ".join(f"{name} {prob:.3f}" for name, prob in top))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
