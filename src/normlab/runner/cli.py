@@ -111,6 +111,13 @@ def quiet_lightning() -> None:
     # train.log. Hydra's handlers already cover the console and the log file.
     if logging.getLogger().handlers:
         logging.getLogger("lightning").handlers.clear()
+        # Imported before any handler existed (a script that imports Lightning at the top),
+        # lightning.pytorch and lightning.fabric gave themselves a console handler and
+        # stopped propagating: their lines reached neither the log file nor normlab's console.
+        for name in ("lightning.pytorch", "lightning.fabric"):
+            logger = logging.getLogger(name)
+            logger.handlers.clear()
+            logger.propagate = True
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropTips) for f in logger.filters):
