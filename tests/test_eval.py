@@ -82,6 +82,25 @@ def test_eval_reproduces_the_recorded_test_accuracy_with_overrides_applied(run, 
 
 
 @pytest.mark.slow
+def test_lightnings_own_lines_reach_eval_log_once(run, tmp_path):
+    copy = copy_run(run.run_dir, tmp_path / "run")
+    proc = run_cli("eval.py", f"run={copy}", "trainer.limit_test_batches=1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = "`Trainer(limit_test_batches=1)` was configured so 1 batch will be used."
+    (log,) = (tmp_path / "logs" / "evals").glob("*/eval.log")
+    assert said in log.read_text()
+    # On the console once, through normlab's handler (not Lightning's own as well).
+    assert (proc.stdout + proc.stderr).count(said) == 1
+
+
+@pytest.mark.slow
+def test_a_mistyped_key_gets_a_did_you_mean_before_lightning_is_imported(run, tmp_path):
+    proc = run_cli("eval.py", f"run={run.run_dir}", "data.eval_batchsize=50", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "did you mean data.eval_batch_size?" in proc.stderr
+
+
+@pytest.mark.slow
 def test_eval_of_the_last_checkpoint_matches_a_plain_forward_pass(run):
     cfg, net = trained(run.run_dir, "last.ckpt")
     test = held_out_test_set(cfg)
