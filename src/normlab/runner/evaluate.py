@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from normlab.errors import ConfigError
 from normlab.files import write_json
-from normlab.runner.build import build_module, build_network_or_error
+from normlab.runner.build import build_module, build_network_or_error, build_test_trainer
 from normlab.runner.cli import quiet_lightning
 from normlab.runner.rundir import (
     CHECKPOINTS,
@@ -31,7 +31,6 @@ from normlab.runner.rundir import (
     load_checkpoint,
     saved_config,
 )
-from normlab.training import TerminalProgressBar
 
 log = logging.getLogger("normlab")
 
@@ -117,13 +116,7 @@ def evaluate(eval_cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, A
     module = build_module(cfg, net)
     module.load_state_dict(checkpoint["state_dict"])
     datamodule = instantiate(cfg.data)
-    trainer = instantiate(
-        cfg.trainer,
-        logger=False,
-        callbacks=[TerminalProgressBar()],
-        enable_checkpointing=False,
-        enable_model_summary=False,
-    )
+    trainer = build_test_trainer(cfg)
     metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     result: dict[str, Any] = {
         "run": str(run_dir),
