@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import lightning as L
 import pytest
 import torch
 from conftest import REPO, compose_config, run_cli
@@ -17,8 +18,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
+from normlab.data import BatchTransform, TensorBatchLoader
 from normlab.errors import ConfigError
-from normlab.runner.build import build_network
+from normlab.runner.build import build_module, build_network
 from normlab.runner.evaluate import evaluate
 from normlab.runner.predict import main as predict_main
 from normlab.runner.rundir import network_weights
@@ -49,6 +51,27 @@ def copy_run(run_dir, destination):
     for part in (".hydra", "checkpoints"):
         shutil.copytree(run_dir / part, destination / part)
     shutil.copy(run_dir / "results.json", destination / "results.json")
+    return destination
+
+
+def run_of_another_model(destination, model: str = "cnn"):
+    """A run directory whose network is not the default one: the composed config of
+    `model=<model> data=digits` as its saved config, and a real Lightning checkpoint of that
+    network (one training step) as its best.ckpt."""
+    cfg = compose_config([f"model={model}", "data=digits", "logger=none"])
+    (destination / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, destination / ".hydra" / "config.yaml")
+    module = build_module(cfg, build_network(cfg.model))
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    loader = TensorBatchLoader(
+        images, torch.randint(0, 10, (8,)), 4, BatchTransform((0.5,) * 3, (0.5,) * 3), train=True
+    )
+    trainer = L.Trainer(
+        max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(module, train_dataloaders=loader)
+    trainer.save_checkpoint(destination / "checkpoints" / "best.ckpt")
     return destination
 
 
@@ -98,6 +121,72 @@ def test_a_mistyped_key_gets_a_did_you_mean_before_lightning_is_imported(run, tm
     proc = run_cli("eval.py", f"run={run.run_dir}", "data.eval_batchsize=50", cwd=tmp_path)
     assert proc.returncode == 1
     assert "did you mean data.eval_batch_size?" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_checkpoint_file_of_a_run_with_another_network(tmp_path):
+    # train.py's pre-run checks compared the checkpoint with the default network and
+    # refused it; the run's own config describes it.
+    other = run_of_another_model(tmp_path / "cnn_run")
+    checkpoint = other / "checkpoints" / "best.ckpt"
+    proc = run_cli("eval.py", f"ckpt_path={checkpoint}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((other / "eval.json").read_text())
+    assert result["which"] == "best" and result["checkpoint"] == "checkpoints/best.ckpt"
+    # which= means a checkpoint of run=: with a file named too, it would be ignored.
+    proc = run_cli("eval.py", f"ckpt_path={checkpoint}", "which=last", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert f"which=last and ckpt_path={checkpoint} both say which checkpoint" in " ".join(
+        proc.stderr.split()
+    )
+
+
+@pytest.mark.slow
+def test_a_checkpoint_is_this_runs_best_only_if_it_is_that_file(run, tmp_path):
+    own = copy_run(run.run_dir, tmp_path / "run")
+    elsewhere = tmp_path / "elsewhere" / "checkpoints" / "best.ckpt"
+    elsewhere.parent.mkdir(parents=True)
+    shutil.copy(own / "checkpoints" / "best.ckpt", elsewhere)
+
+    def evaluated(*args: str) -> dict:
+        return evaluate(eval_config(*args), list(args))
+
+    # The same weights, from a file that is not the run's: tested with the run's config, but
+    # results.json's test_acc (measured with the run's own best.ckpt) is not claimed for it.
+    result = evaluated(f"run={own}", f"ckpt_path={elsewhere}")
+    assert result["test_acc"] == run.results["test_acc"]
+    assert result["which"] is None and result["recorded_test_acc"] is None
+    assert result["checkpoint"] == str(elsewhere)
+    # The run's own file, however spelled, is its best checkpoint.
+    result = evaluated(f"ckpt_path={own}/checkpoints/../checkpoints/best.ckpt")
+    assert result["which"] == "best" and result["checkpoint"] == "checkpoints/best.ckpt"
+    assert result["recorded_test_acc"] == run.results["test_acc"]
+    # A damaged results.json: nothing recorded to compare with, and no traceback.
+    (own / "results.json").write_text('{"test_acc": 0.9')
+    assert evaluated(f"run={own}")["recorded_test_acc"] is None
+    (own / "results.json").write_text("[0.9]")
+    assert evaluated(f"run={own}")["recorded_test_acc"] is None
+
+
+@pytest.mark.slow
+def test_errors_name_the_key_that_named_the_run(run, tmp_path):
+    checkpoint = run.run_dir / "checkpoints" / "best.ckpt"
+    missing = tmp_path / "missing"
+    with pytest.raises(ConfigError, match=f"^run={missing}: no such directory"):
+        evaluate(eval_config(f"run={missing}", f"ckpt_path={checkpoint}"))
+    (missing / ".hydra").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=f"^run={missing}: .*config.yaml is missing"):
+        evaluate(eval_config(f"run={missing}", f"ckpt_path={checkpoint}"))
+    # Found from the checkpoint's folder: the message quotes ckpt_path=, as typed.
+    damaged = copy_run(run.run_dir, tmp_path / "damaged")
+    (damaged / ".hydra" / "config.yaml").write_text("model: [unclosed\n")
+    file = damaged / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError) as err:
+        evaluate(eval_config(f"ckpt_path={file}"))
+    assert str(err.value).startswith(
+        f"ckpt_path={file}: its run directory {damaged.resolve()}: its saved config "
+    )
+    assert "cannot be read" in str(err.value)
 
 
 @pytest.mark.slow
