@@ -124,6 +124,30 @@ def test_a_mistyped_key_gets_a_did_you_mean_before_lightning_is_imported(run, tm
 
 
 @pytest.mark.slow
+def test_the_config_eval_uses_is_checked_before_anything_is_built(run, tmp_path):
+    # The run's own config with the overrides applied, by train.py's checks: one paragraph.
+    cases = [
+        ("data.eval_batch_size=0", "data.eval_batch_size=0: must be a positive integer"),
+        ("+model.norm.epss=1e-3", "did you mean model.norm.eps?"),
+        ("experiment=seed_lesson", "experiment is a global config group"),
+        ("debug=fast", "debug is a global config group"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append(
+            (
+                "trainer.accelerator=gpu",
+                "trainer: Lightning cannot set up the Trainer (MisconfigurationException: No "
+                "supported gpu backend found!). Its device settings: trainer.accelerator=gpu",
+            )
+        )
+    for override, says in cases:
+        proc = run_cli("eval.py", f"run={run.run_dir}", override, cwd=tmp_path)
+        assert proc.returncode == 1, override
+        assert says in " ".join(proc.stderr.split()), proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr, override
+
+
+@pytest.mark.slow
 def test_a_checkpoint_file_of_a_run_with_another_network(tmp_path):
     # train.py's pre-run checks compared the checkpoint with the default network and
     # refused it; the run's own config describes it.

@@ -21,12 +21,21 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from normlab.errors import ConfigError
 from normlab.files import write_json
 from normlab.runner.build import build_module, build_network_or_error, build_test_trainer
-from normlab.runner.cli import quiet_lightning
+from normlab.runner.checks import (
+    check_classes,
+    check_distributed,
+    check_keys,
+    check_unset,
+    check_values,
+)
+from normlab.runner.cli import in_multirun, quiet_lightning
 from normlab.runner.rundir import (
     CHECKPOINTS,
     CONFIG,
     check_architecture,
     checkpoint_path,
+    config_dirs,
+    launcher_target,
     load_checkpoint,
     read_results,
     saved_config,
@@ -56,6 +65,15 @@ def apply_overrides(saved: DictConfig, composed: DictConfig, overrides: Sequence
                     del node[leaf]
             continue
         value = OmegaConf.select(composed, key, default=_ABSENT, throw_on_missing=False)
+        if value is _ABSENT and is_config_group(override.key_or_group):
+            # A group with no node of its own: `# @package _global_` (experiment=, debug=).
+            raise ConfigError(
+                f"eval.py: {override.input_line}: {override.key_or_group} is a global config "
+                "group (its options set keys all over the config), which eval.py does not "
+                "support: it re-tests a run with the run's own config. Give the settings you "
+                "mean to change as key=value, e.g. data.eval_batch_size=500 or "
+                "trainer.limit_test_batches=5."
+            )
         if value is _ABSENT:
             raise ConfigError(
                 f"eval.py: the override {override.input_line} does not name a key or config "
@@ -66,6 +84,11 @@ def apply_overrides(saved: DictConfig, composed: DictConfig, overrides: Sequence
         if OmegaConf.is_config(value):
             value = OmegaConf.to_container(value, resolve=False)
         OmegaConf.update(saved, key, value, merge=False, force_add=True)
+
+
+def is_config_group(name: str) -> bool:
+    """Whether `name` (`experiment`, `model/norm`) is a config group of the configs composed."""
+    return any((folder / name).is_dir() for folder in config_dirs())
 
 
 def evaluate(eval_cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -81,6 +104,7 @@ def evaluate(eval_cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, A
     quiet_lightning()
     run_dir, cfg, ckpt, ckpt_key = locate(eval_cfg, overrides)
     apply_overrides(cfg, eval_cfg, overrides)
+    check_config(cfg)
     L.seed_everything(cfg.seed, verbose=False)
     net = build_network_or_error(cfg.model)
     # Plain weights only (weights_only=True), and a clear message when model overrides
@@ -183,3 +207,20 @@ def run_checkpoint(run_dir: Path, ckpt: Path) -> str | None:
 def override_key(override: str) -> str:
     """`data.eval_batch_size` of `data.eval_batch_size=500`, `+key=...`, `~key`."""
     return override.split("=", 1)[0].lstrip("+~")
+
+
+# What eval.py does not build: its result does not depend on their settings.
+UNUSED_NODES = ("callbacks", "logger")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """The checks train.py runs before a run, on the config this evaluation uses (the run's
+    own with the overrides applied): an impossible value (data.eval_batch_size=0) or a
+    mistyped key added with `+` is one paragraph naming the key, not a traceback from
+    Lightning. The network is checked when it is built."""
+    used = OmegaConf.masked_copy(cfg, [key for key in cfg if key not in UNUSED_NODES])
+    check_unset(used)
+    check_values(used)
+    check_classes(used)
+    check_distributed(used, in_multirun(), launcher_target())
+    check_keys(used)
