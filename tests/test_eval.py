@@ -107,11 +107,15 @@ def test_eval_reproduces_the_recorded_test_accuracy_with_overrides_applied(run, 
 @pytest.mark.slow
 def test_lightnings_own_lines_reach_eval_log_once(run, tmp_path):
     copy = copy_run(run.run_dir, tmp_path / "run")
-    proc = run_cli("eval.py", f"run={copy}", "trainer.limit_test_batches=1", cwd=tmp_path)
+    proc = run_cli(
+        "eval.py", f"run={copy}", "trainer.limit_test_batches=1", "threads=2", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     said = "`Trainer(limit_test_batches=1)` was configured so 1 batch will be used."
     (log,) = (tmp_path / "logs" / "evals").glob("*/eval.log")
     assert said in log.read_text()
+    # The thread policy of train.py, and its line (threads= decides over OMP_NUM_THREADS=1).
+    assert "torch threads: 2 (set by threads=; threads=N overrides)" in log.read_text()
     # On the console once, through normlab's handler (not Lightning's own as well).
     assert (proc.stdout + proc.stderr).count(said) == 1
 
@@ -287,6 +291,23 @@ def test_predict_classifies_image_files_of_any_size(run, tmp_path):
         assert [p for _, p in shown] == pytest.approx(top.values.tolist(), abs=1e-3)
     # A 200x150 photo of the same digit, in three colour modes, is resized and read alike.
     assert printed[3][0][0] == printed[4][0][0] == printed[5][0][0]
+
+
+@pytest.mark.slow
+def test_predict_takes_the_thread_count_of_the_runs_config(run, tmp_path, capsys):
+    copy = copy_run(run.run_dir, tmp_path / "run")
+    cfg = OmegaConf.load(copy / ".hydra" / "config.yaml")
+    cfg.threads = 2
+    OmegaConf.save(cfg, copy / ".hydra" / "config.yaml")
+    image = tmp_path / "digit.png"
+    Image.fromarray(held_out_test_set(cfg).images[0].permute(1, 2, 0).numpy()).save(image)
+    before = torch.get_num_threads()
+    try:
+        assert predict_main([f"run={copy}", str(image)]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert capsys.readouterr().out.startswith(f"{image}: ")
 
 
 @pytest.mark.slow

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -40,6 +42,7 @@ from normlab.runner.rundir import (
     read_results,
     saved_config,
 )
+from normlab.runner.threads import threads_for_run
 from normlab.runner.train import relative_to_run
 
 log = logging.getLogger("normlab")
@@ -105,6 +108,10 @@ def evaluate(eval_cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, A
     run_dir, cfg, ckpt, ckpt_key = locate(eval_cfg, overrides)
     apply_overrides(cfg, eval_cfg, overrides)
     check_config(cfg)
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    threads, why = threads_for_run(cfg.get("threads"), hydra_cfg)
+    torch.set_num_threads(threads)
+    log.info("torch threads: %d (%s; threads=N overrides)", threads, why)
     L.seed_everything(cfg.seed, verbose=False)
     net = build_network_or_error(cfg.model)
     # Plain weights only (weights_only=True), and a clear message when model overrides

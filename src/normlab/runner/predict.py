@@ -31,6 +31,7 @@ from normlab.runner.rundir import (
     read_results,
     saved_config,
 )
+from normlab.runner.threads import threads_for_run
 
 USAGE = "usage: python -m normlab.predict run=<run dir> [which=best|last] [top=3] IMAGE [IMAGE ...]"
 
@@ -48,6 +49,8 @@ class Predictor:
         check_architecture(checkpoint, self.net, path, key="checkpoint")
         self.net.load_state_dict(network_weights(checkpoint["state_dict"]))
         self.net.eval()
+        # `threads=` of the run's config (null: chosen for this machine, as train.py does).
+        self.threads_setting: int | None = cfg.get("threads")
         self.image_size = int(cfg.data.get("image_size", 32))
         self.channels = int(cfg.model.get("in_channels", 3))
         # The run recorded its classes and statistics: the data folder need not exist here.
@@ -112,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with exit_on_user_error():
         options, images = parse_args(argv)
         predictor = Predictor(Path(options["run"]), options["which"])
+        # torch's default, a thread per core, is slow on a busy machine (normlab.runner.threads).
+        torch.set_num_threads(threads_for_run(predictor.threads_setting, None)[0])
         for path, top in zip(
             images, predictor.top_classes(images, int(options["top"])), strict=True
         ):
