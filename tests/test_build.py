@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import compose_config
 from omegaconf import OmegaConf
 
-from normlab.runner.build import build_network, network_spec
+from normlab.errors import ConfigError
+from normlab.runner.build import build_network, build_network_or_error, network_spec
 
 
 def initialized(model_cfg, seed: int = 0) -> torch.nn.Module:
@@ -47,3 +49,17 @@ def test_model_keys_may_interpolate_keys_outside_the_model():
     # A plain mapping (a checkpoint's hyperparameters) builds as before.
     plain = OmegaConf.to_container(literal.model, resolve=True)
     assert same_network(initialized(plain), initialized(literal.model))
+
+
+def test_a_network_that_cannot_be_built_is_one_config_error():
+    cfg = compose_config(["data=digits", "model=cnn_bn", "model.norm.eps=${no_such_key}"])
+    with pytest.raises(ConfigError) as err:
+        build_network_or_error(cfg.model)
+    assert str(err.value).startswith(
+        "model.norm.eps: its value cannot be resolved (InterpolationKeyError: Interpolation "
+        "key 'no_such_key' not found)."
+    )
+    # A layer's own refusal, named by normlab's network_error.
+    cfg = compose_config(["model=cnn", "model/norm=group", "model.norm.num_groups=4"])
+    with pytest.raises(ConfigError, match="^model.norm.num_groups=4 does not divide the 6 "):
+        build_network_or_error(cfg.model)
