@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 
+import lightning as L
 import pytest
 import torch
 from conftest import REPO, compose_config, run_cli
@@ -17,8 +18,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
+from normlab.data import BatchTransform, TensorBatchLoader
 from normlab.errors import ConfigError
-from normlab.runner.build import build_network
+from normlab.runner.build import build_module, build_network
 from normlab.runner.evaluate import evaluate
 from normlab.runner.predict import main as predict_main
 from normlab.runner.rundir import network_weights
@@ -42,6 +44,35 @@ def trained(run_dir, checkpoint: str):
     state = torch.load(run_dir / "checkpoints" / checkpoint, weights_only=True)["state_dict"]
     net.load_state_dict(network_weights(state))
     return cfg, net.eval()
+
+
+def copy_run(run_dir, destination):
+    """A copy of a finished run's config, checkpoints and results (not its logs)."""
+    for part in (".hydra", "checkpoints"):
+        shutil.copytree(run_dir / part, destination / part)
+    shutil.copy(run_dir / "results.json", destination / "results.json")
+    return destination
+
+
+def run_of_another_model(destination, model: str = "cnn"):
+    """A run directory whose network is not the default one: the composed config of
+    `model=<model> data=digits` as its saved config, and a real Lightning checkpoint of that
+    network (one training step) as its best.ckpt."""
+    cfg = compose_config([f"model={model}", "data=digits", "logger=none"])
+    (destination / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, destination / ".hydra" / "config.yaml")
+    module = build_module(cfg, build_network(cfg.model))
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    loader = TensorBatchLoader(
+        images, torch.randint(0, 10, (8,)), 4, BatchTransform((0.5,) * 3, (0.5,) * 3), train=True
+    )
+    trainer = L.Trainer(
+        max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(module, train_dataloaders=loader)
+    trainer.save_checkpoint(destination / "checkpoints" / "best.ckpt")
+    return destination
 
 
 def probabilities(cfg, net, images: torch.Tensor) -> torch.Tensor:
@@ -71,6 +102,119 @@ def test_eval_reproduces_the_recorded_test_accuracy_with_overrides_applied(run, 
     # This evaluation's own log went to logs/evals/, not into the training run.
     assert list((tmp_path / "logs" / "evals").glob("*/eval.log"))
     assert not (run.run_dir / "eval.log").exists()
+
+
+@pytest.mark.slow
+def test_lightnings_own_lines_reach_eval_log_once(run, tmp_path):
+    copy = copy_run(run.run_dir, tmp_path / "run")
+    proc = run_cli(
+        "eval.py", f"run={copy}", "trainer.limit_test_batches=1", "threads=2", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = "`Trainer(limit_test_batches=1)` was configured so 1 batch will be used."
+    (log,) = (tmp_path / "logs" / "evals").glob("*/eval.log")
+    assert said in log.read_text()
+    # The thread policy of train.py, and its line (threads= decides over OMP_NUM_THREADS=1).
+    assert "torch threads: 2 (set by threads=; threads=N overrides)" in log.read_text()
+    # On the console once, through normlab's handler (not Lightning's own as well).
+    assert (proc.stdout + proc.stderr).count(said) == 1
+
+
+@pytest.mark.slow
+def test_a_mistyped_key_gets_a_did_you_mean_before_lightning_is_imported(run, tmp_path):
+    proc = run_cli("eval.py", f"run={run.run_dir}", "data.eval_batchsize=50", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "did you mean data.eval_batch_size?" in proc.stderr
+
+
+@pytest.mark.slow
+def test_the_config_eval_uses_is_checked_before_anything_is_built(run, tmp_path):
+    # The run's own config with the overrides applied, by train.py's checks: one paragraph.
+    cases = [
+        ("data.eval_batch_size=0", "data.eval_batch_size=0: must be a positive integer"),
+        ("+model.norm.epss=1e-3", "did you mean model.norm.eps?"),
+        ("experiment=seed_lesson", "experiment is a global config group"),
+        ("debug=fast", "debug is a global config group"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append(
+            (
+                "trainer.accelerator=gpu",
+                "trainer: Lightning cannot set up the Trainer (MisconfigurationException: No "
+                "supported gpu backend found!). Its device settings: trainer.accelerator=gpu",
+            )
+        )
+    for override, says in cases:
+        proc = run_cli("eval.py", f"run={run.run_dir}", override, cwd=tmp_path)
+        assert proc.returncode == 1, override
+        assert says in " ".join(proc.stderr.split()), proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr, override
+
+
+@pytest.mark.slow
+def test_a_checkpoint_file_of_a_run_with_another_network(tmp_path):
+    # train.py's pre-run checks compared the checkpoint with the default network and
+    # refused it; the run's own config describes it.
+    other = run_of_another_model(tmp_path / "cnn_run")
+    checkpoint = other / "checkpoints" / "best.ckpt"
+    proc = run_cli("eval.py", f"ckpt_path={checkpoint}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((other / "eval.json").read_text())
+    assert result["which"] == "best" and result["checkpoint"] == "checkpoints/best.ckpt"
+    # which= means a checkpoint of run=: with a file named too, it would be ignored.
+    proc = run_cli("eval.py", f"ckpt_path={checkpoint}", "which=last", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert f"which=last and ckpt_path={checkpoint} both say which checkpoint" in " ".join(
+        proc.stderr.split()
+    )
+
+
+@pytest.mark.slow
+def test_a_checkpoint_is_this_runs_best_only_if_it_is_that_file(run, tmp_path):
+    own = copy_run(run.run_dir, tmp_path / "run")
+    elsewhere = tmp_path / "elsewhere" / "checkpoints" / "best.ckpt"
+    elsewhere.parent.mkdir(parents=True)
+    shutil.copy(own / "checkpoints" / "best.ckpt", elsewhere)
+
+    def evaluated(*args: str) -> dict:
+        return evaluate(eval_config(*args), list(args))
+
+    # The same weights, from a file that is not the run's: tested with the run's config, but
+    # results.json's test_acc (measured with the run's own best.ckpt) is not claimed for it.
+    result = evaluated(f"run={own}", f"ckpt_path={elsewhere}")
+    assert result["test_acc"] == run.results["test_acc"]
+    assert result["which"] is None and result["recorded_test_acc"] is None
+    assert result["checkpoint"] == str(elsewhere)
+    # The run's own file, however spelled, is its best checkpoint.
+    result = evaluated(f"ckpt_path={own}/checkpoints/../checkpoints/best.ckpt")
+    assert result["which"] == "best" and result["checkpoint"] == "checkpoints/best.ckpt"
+    assert result["recorded_test_acc"] == run.results["test_acc"]
+    # A damaged results.json: nothing recorded to compare with, and no traceback.
+    (own / "results.json").write_text('{"test_acc": 0.9')
+    assert evaluated(f"run={own}")["recorded_test_acc"] is None
+    (own / "results.json").write_text("[0.9]")
+    assert evaluated(f"run={own}")["recorded_test_acc"] is None
+
+
+@pytest.mark.slow
+def test_errors_name_the_key_that_named_the_run(run, tmp_path):
+    checkpoint = run.run_dir / "checkpoints" / "best.ckpt"
+    missing = tmp_path / "missing"
+    with pytest.raises(ConfigError, match=f"^run={missing}: no such directory"):
+        evaluate(eval_config(f"run={missing}", f"ckpt_path={checkpoint}"))
+    (missing / ".hydra").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=f"^run={missing}: .*config.yaml is missing"):
+        evaluate(eval_config(f"run={missing}", f"ckpt_path={checkpoint}"))
+    # Found from the checkpoint's folder: the message quotes ckpt_path=, as typed.
+    damaged = copy_run(run.run_dir, tmp_path / "damaged")
+    (damaged / ".hydra" / "config.yaml").write_text("model: [unclosed\n")
+    file = damaged / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError) as err:
+        evaluate(eval_config(f"ckpt_path={file}"))
+    assert str(err.value).startswith(
+        f"ckpt_path={file}: its run directory {damaged.resolve()}: its saved config "
+    )
+    assert "cannot be read" in str(err.value)
 
 
 @pytest.mark.slow
@@ -150,16 +294,46 @@ def test_predict_classifies_image_files_of_any_size(run, tmp_path):
 
 
 @pytest.mark.slow
+def test_predict_takes_the_thread_count_of_the_runs_config(run, tmp_path, capsys):
+    copy = copy_run(run.run_dir, tmp_path / "run")
+    cfg = OmegaConf.load(copy / ".hydra" / "config.yaml")
+    cfg.threads = 2
+    OmegaConf.save(cfg, copy / ".hydra" / "config.yaml")
+    image = tmp_path / "digit.png"
+    Image.fromarray(held_out_test_set(cfg).images[0].permute(1, 2, 0).numpy()).save(image)
+    before = torch.get_num_threads()
+    try:
+        assert predict_main([f"run={copy}", str(image)]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert capsys.readouterr().out.startswith(f"{image}: ")
+
+
+@pytest.mark.slow
 def test_predict_rejects_unreadable_files_and_missing_runs(run, tmp_path, capsys):
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("hello")
+    # The run's checkpoints, with a config that describes another network (no batch norm).
+    other_model = copy_run(run.run_dir, tmp_path / "other_model")
+    cfg = OmegaConf.load(other_model / ".hydra" / "config.yaml")
+    cfg.model = compose_config(["model=cnn"]).model
+    OmegaConf.save(cfg, other_model / ".hydra" / "config.yaml")
     for argv, message in [
         ([f"run={run.run_dir}", str(not_an_image)], "not a readable image"),
         ([f"run={run.run_dir}", str(tmp_path / "absent.png")], "no such image file"),
         ([f"run={tmp_path / 'nowhere'}", str(not_an_image)], "no such directory"),
         ([f"run={run.run_dir}"], "at least one image"),
+        (
+            [f"run={other_model}", str(not_an_image)],
+            f"checkpoint={other_model / 'checkpoints' / 'best.ckpt'} was saved by a different "
+            "architecture (SeedCNN with norm=BatchNorm2d, dropout=Dropout): it has 10 this "
+            "network lacks (features.0.norm.weight,",
+        ),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             predict_main(argv)
         assert exit_info.value.code == 1
-        assert message in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert message in " ".join(err.split()), err
+        assert "Traceback" not in err

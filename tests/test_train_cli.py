@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import run_train, tensorboard_dir
+from conftest import CONF, run_train, tensorboard_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from normlab.bench.cifar_files import write_cifar10
@@ -108,3 +108,23 @@ def test_batch_norm_learns_digits_at_the_lessons_learning_rate(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert results["val_acc_best"] >= 0.85, results
+
+
+def test_a_refused_run_gets_no_hints_about_a_command_line_that_composed(tmp_path):
+    # model=mine comes from a folder added with hydra.searchpath: the config composes, and
+    # the checks refuse the learning rate. The did-you-mean hints only look at conf/, so
+    # computed after this exit they would call model=mine "not an option of model".
+    extra = tmp_path / "extra"
+    (extra / "model").mkdir(parents=True)
+    (extra / "model" / "mine.yaml").write_text((CONF / "model" / "cnn.yaml").read_text())
+    proc, results = run_train(
+        "data=digits", f"hydra.searchpath=[file://{extra}]", "model=mine", "optimizer.lr=-1",
+        run_dir=tmp_path / "run",
+    )  # fmt: skip
+    assert proc.returncode == 1 and results is None
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: optimizer.lr=-1: "), proc.stderr
+    # A command line that does not compose still gets them.
+    proc, _ = run_train("data=digits", "model=cnnn", run_dir=tmp_path / "run")
+    assert proc.returncode == 1
+    assert "did you mean model=cnn?" in proc.stderr

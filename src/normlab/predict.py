@@ -1,5 +1,11 @@
-"""`python -m normlab.predict run=<run dir> IMAGE [IMAGE ...]`: classify image files with a
-finished run (see normlab.runner.predict)."""
+"""Classify image files with a finished run: the `python -m normlab.predict` entry point.
+
+    python -m normlab.predict run=<run dir> [which=best|last] [top=3] IMAGE [IMAGE ...]
+
+`which=` picks the run's best (by validation accuracy, the default) or last checkpoint;
+`top=` how many classes to print per image, most probable first. The code is in
+normlab.runner.predict (`Predictor`, for use from Python).
+"""
 
 import sys
 

@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from normlab.errors import ConfigError, NormlabError
 from normlab.training import ImageClassifier, TerminalProgressBar
 from normlab.training.checkpoints import AtomicCheckpointIO
 from normlab.training.hooks import skip_inherited_batch_hooks
@@ -27,7 +28,13 @@ from normlab.training.profiling import NoProfiler
 
 def network_spec(model_cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """`cfg.model` as plain values, ready for `instantiate`."""
-    spec = OmegaConf.to_container(OmegaConf.create(model_cfg), resolve=True)
+    if isinstance(model_cfg, DictConfig):
+        # Resolved in place, against the whole config: a copy (OmegaConf.create) would be cut
+        # off from its root, and a model key that interpolates one outside the model
+        # (`${seed}`, `${data.image_size}`) would fail to resolve.
+        spec = OmegaConf.to_container(model_cfg, resolve=True)
+    else:
+        spec = OmegaConf.to_container(OmegaConf.create(model_cfg), resolve=True)
     dropout = spec.get("dropout")
     if isinstance(dropout, dict) and "placement" in dropout:
         spec["dropout_placement"] = dropout.pop("placement")
@@ -42,6 +49,36 @@ def build_network(
     place = torch.device(device) if device else contextlib.nullcontext()
     with place:
         return instantiate(network_spec(model_cfg), _convert_="all")
+
+
+def build_network_or_error(
+    model_cfg: DictConfig | Mapping[str, Any], device: str | None = None
+) -> nn.Module:
+    """`build_network`, any failure turned into one ConfigError that names the model setting
+    at fault (`normlab.runner.checks.network_error`)."""
+    try:
+        network_spec(model_cfg)
+    except Exception as err:
+        # network_error reads the settings itself: one that does not resolve is said here.
+        raise unresolved_error("model", err) from None
+    try:
+        return build_network(model_cfg, device)
+    except Exception as err:
+        # Imported here: normlab.runner.checks imports this module.
+        from normlab.runner.checks import network_error
+
+        raise network_error(model_cfg, err) from None
+
+
+def unresolved_error(node: str, err: Exception) -> ConfigError:
+    """A setting of `node` whose interpolation (`${...}`) cannot be resolved, as one paragraph."""
+    first_line = (str(err).splitlines() or [""])[0]
+    full_key = getattr(err, "full_key", None)
+    where = f"{full_key}" if full_key else node
+    return ConfigError(
+        f"{where}: its value cannot be resolved ({type(err).__name__}: {first_line}). Point the "
+        "interpolation at a key that exists, or give the value itself."
+    )
 
 
 def build_module(cfg: DictConfig, net: nn.Module) -> ImageClassifier:
@@ -92,13 +129,60 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
         callbacks.append(TerminalProgressBar())
     for callback in callbacks:
         skip_inherited_batch_hooks(callback, L.Callback)
-    extra: dict[str, Any] = {}
-    if cfg.trainer.get("profiler") is None:
-        extra["profiler"] = NoProfiler()
     return instantiate(
         cfg.trainer,
         callbacks=callbacks,
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
-        **extra,
+        **default_profiler(cfg),
+    )
+
+
+def build_test_trainer(cfg: DictConfig) -> L.Trainer:
+    """A Trainer that only tests (eval.py): the run's `trainer` settings with a progress bar
+    and nothing that writes (no loggers, no checkpoints, no model summary); per-batch hooks
+    and the profiler as in `build_trainer`. Settings Lightning refuses (`accelerator=gpu` on
+    a machine without one) are a ConfigError naming them."""
+    progress = TerminalProgressBar()
+    skip_inherited_batch_hooks(progress, L.Callback)
+    try:
+        return instantiate(
+            cfg.trainer,
+            logger=False,
+            callbacks=[progress],
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            **default_profiler(cfg),
+        )
+    except Exception as err:
+        raise trainer_error(cfg.trainer, err) from None
+
+
+def default_profiler(cfg: DictConfig) -> dict[str, Any]:
+    """`profiler=NoProfiler()` unless the config names a profiler (see NoProfiler)."""
+    return {"profiler": NoProfiler()} if cfg.trainer.get("profiler") is None else {}
+
+
+# Trainer arguments that decide where and how it runs: what a refusal is usually about.
+DEVICE_KEYS = ("accelerator", "devices", "strategy", "precision", "num_nodes")
+
+
+def trainer_error(trainer_cfg: DictConfig, err: Exception) -> ConfigError:
+    """One paragraph for an exception raised while instantiating the `trainer` node.
+
+    Hydra wraps Lightning's error (MisconfigurationException: "No supported gpu backend
+    found!") in its own; the innermost one is Lightning's.
+    """
+    while err.__cause__ is not None:
+        err = err.__cause__
+    if isinstance(err, NormlabError):
+        return ConfigError(str(err))
+    settings = ", ".join(
+        f"trainer.{key}={trainer_cfg.get(key)}" for key in DEVICE_KEYS if key in trainer_cfg
+    )
+    first_line = (str(err).strip().splitlines() or [""])[0]
+    return ConfigError(
+        f"trainer: Lightning cannot set up the Trainer ({type(err).__name__}: {first_line}). "
+        f"Its device settings: {settings}. Use what this machine has, e.g. "
+        "trainer.accelerator=cpu trainer.devices=1 (or trainer=cpu) on a machine without a GPU."
     )

@@ -52,12 +52,25 @@ def explain_unknown_keys(
     try:
         yield
     except SystemExit as stop:
-        if stop.code == 1:
+        if stop.code == 1 and composition_failed(stop):
             from normlab.runner.checks import unknown_override_hints
 
             for hint in unknown_override_hints(overrides, config_dir, config_name):
                 print(f"error: {hint}", file=sys.stderr)
         raise
+
+
+def composition_failed(stop: SystemExit) -> bool:
+    """Whether Hydra exited because it could not compose the config from the command line.
+
+    Hydra reports the error and calls sys.exit(1) while handling it, so the exception it
+    handled is the exit's context. Other exits with code 1 (a NormlabError from the checks
+    or the run, a failed task) come from a config that composed: hints about the command
+    line would be beside the point there.
+    """
+    from hydra.errors import ConfigCompositionException, OverrideParseException
+
+    return isinstance(stop.__context__, ConfigCompositionException | OverrideParseException)
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -111,6 +124,13 @@ def quiet_lightning() -> None:
     # train.log. Hydra's handlers already cover the console and the log file.
     if logging.getLogger().handlers:
         logging.getLogger("lightning").handlers.clear()
+        # Imported before any handler existed (a script that imports Lightning at the top),
+        # lightning.pytorch and lightning.fabric gave themselves a console handler and
+        # stopped propagating: their lines reached neither the log file nor normlab's console.
+        for name in ("lightning.pytorch", "lightning.fabric"):
+            logger = logging.getLogger(name)
+            logger.handlers.clear()
+            logger.propagate = True
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropTips) for f in logger.filters):

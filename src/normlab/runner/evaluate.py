@@ -7,7 +7,6 @@ since it trained). `key=value` overrides from the command line are applied on to
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -15,24 +14,36 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from normlab.errors import ConfigError
 from normlab.files import write_json
-from normlab.runner.build import build_module, build_network
-from normlab.runner.checks import network_error
-from normlab.runner.cli import quiet_lightning
+from normlab.runner.build import build_module, build_network_or_error, build_test_trainer
+from normlab.runner.checks import (
+    check_classes,
+    check_distributed,
+    check_keys,
+    check_unset,
+    check_values,
+)
+from normlab.runner.cli import in_multirun, quiet_lightning
 from normlab.runner.rundir import (
     CHECKPOINTS,
     CONFIG,
     check_architecture,
     checkpoint_path,
+    config_dirs,
+    launcher_target,
     load_checkpoint,
+    read_results,
     saved_config,
 )
-from normlab.training import TerminalProgressBar
+from normlab.runner.threads import threads_for_run
+from normlab.runner.train import relative_to_run
 
 log = logging.getLogger("normlab")
 
@@ -57,6 +68,15 @@ def apply_overrides(saved: DictConfig, composed: DictConfig, overrides: Sequence
                     del node[leaf]
             continue
         value = OmegaConf.select(composed, key, default=_ABSENT, throw_on_missing=False)
+        if value is _ABSENT and is_config_group(override.key_or_group):
+            # A group with no node of its own: `# @package _global_` (experiment=, debug=).
+            raise ConfigError(
+                f"eval.py: {override.input_line}: {override.key_or_group} is a global config "
+                "group (its options set keys all over the config), which eval.py does not "
+                "support: it re-tests a run with the run's own config. Give the settings you "
+                "mean to change as key=value, e.g. data.eval_batch_size=500 or "
+                "trainer.limit_test_batches=5."
+            )
         if value is _ABSENT:
             raise ConfigError(
                 f"eval.py: the override {override.input_line} does not name a key or config "
@@ -69,75 +89,51 @@ def apply_overrides(saved: DictConfig, composed: DictConfig, overrides: Sequence
         OmegaConf.update(saved, key, value, merge=False, force_add=True)
 
 
+def is_config_group(name: str) -> bool:
+    """Whether `name` (`experiment`, `model/norm`) is a config group of the configs composed."""
+    return any((folder / name).is_dir() for folder in config_dirs())
+
+
 def evaluate(eval_cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Test a run's best (or last) checkpoint; write and return `eval.json`'s contents.
 
     Args:
-        eval_cfg: the composed `conf/eval.yaml` (`run`, `which`, and the training groups).
-        overrides: the command-line overrides; all but `run` and `which` are applied to the
-            run's saved config, with the values Hydra composed into `eval_cfg`.
+        eval_cfg: the composed `conf/eval.yaml` (`run`, `which`, `ckpt_path`, and the
+            training groups).
+        overrides: the command-line overrides; all but `run`, `which` and `ckpt_path` are
+            applied to the run's saved config, with the values Hydra composed into `eval_cfg`.
     """
     started = time.perf_counter()
     quiet_lightning()
-    which = str(eval_cfg.get("which", "best"))
-    ckpt_file = eval_cfg.get("ckpt_path")
-    if ckpt_file:
-        # <run dir>/checkpoints/<file>.ckpt: the run's config is two folders up.
-        ckpt = Path(str(ckpt_file)).expanduser()
-        if not ckpt.is_file():
-            raise ConfigError(
-                f"ckpt_path={ckpt_file}: no such file. Give a checkpoint of a training run, "
-                "e.g. ckpt_path=logs/runs/<run>/checkpoints/best.ckpt, or the run: run=<run dir>."
-            )
-        run_dir = Path(eval_cfg.get("run") or ckpt.resolve().parent.parent)
-        if not (run_dir / CONFIG).is_file():
-            raise ConfigError(
-                f"ckpt_path={ckpt_file}: its run's config ({run_dir / CONFIG}) is missing, so "
-                "the network and data it was trained with are unknown. Pass a checkpoint from a "
-                "run's checkpoints/ folder, or name the run too: run=<run dir>."
-            )
-        cfg = saved_config(run_dir, "run")
-        which = ckpt.stem
-    else:
-        if not eval_cfg.get("run"):
-            raise ConfigError(
-                "eval.py needs the run to test: python eval.py run=<run dir>, "
-                "e.g. run=logs/runs/2026-01-31_12-00-00_1234 (add which=last for the last "
-                "epoch), or a checkpoint file: ckpt_path=<run dir>/checkpoints/best.ckpt."
-            )
-        run_dir = Path(eval_cfg.run)
-        cfg = saved_config(run_dir, "run")
-        ckpt = checkpoint_path(run_dir, which)
+    run_dir, cfg, ckpt, ckpt_key = locate(eval_cfg, overrides)
     apply_overrides(cfg, eval_cfg, overrides)
+    check_config(cfg)
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    threads, why = threads_for_run(cfg.get("threads"), hydra_cfg)
+    torch.set_num_threads(threads)
+    log.info("torch threads: %d (%s; threads=N overrides)", threads, why)
     L.seed_everything(cfg.seed, verbose=False)
-    try:
-        net = build_network(cfg.model)
-    except Exception as err:
-        raise network_error(cfg.model, err) from None
+    net = build_network_or_error(cfg.model)
     # Plain weights only (weights_only=True), and a clear message when model overrides
     # describe a network the checkpoint's weights do not fit.
-    checkpoint = load_checkpoint(ckpt, key="checkpoint")
-    check_architecture(checkpoint, net, ckpt, key="checkpoint")
+    checkpoint = load_checkpoint(ckpt, key=ckpt_key)
+    check_architecture(checkpoint, net, ckpt, key=ckpt_key)
     module = build_module(cfg, net)
     module.load_state_dict(checkpoint["state_dict"])
     datamodule = instantiate(cfg.data)
-    trainer = instantiate(
-        cfg.trainer,
-        logger=False,
-        callbacks=[TerminalProgressBar()],
-        enable_checkpointing=False,
-        enable_model_summary=False,
-    )
+    trainer = build_test_trainer(cfg)
     metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    which = run_checkpoint(run_dir, ckpt)
     result: dict[str, Any] = {
         "run": str(run_dir),
         "which": which,
-        "checkpoint": str(CHECKPOINTS[which]) if which in CHECKPOINTS else str(ckpt),
+        "checkpoint": relative_to_run(str(ckpt), run_dir),
         "test_acc": metrics.get("test/acc"),
         "test_loss": metrics.get("test/loss"),
         "test_batches": int(sum(trainer.num_test_batches)),
-        "recorded_test_acc": recorded_test_acc(run_dir) if which == "best" else None,
-        "overrides": [o for o in overrides if o.split("=", 1)[0] not in EVAL_KEYS],
+        # What train.py measured with this very file: only the run's own best checkpoint.
+        "recorded_test_acc": read_results(run_dir).get("test_acc") if which == "best" else None,
+        "overrides": [o for o in overrides if override_key(o) not in EVAL_KEYS],
         "wall_s": round(time.perf_counter() - started, 3),
     }
     if trainer.is_global_zero:
@@ -153,9 +149,85 @@ def evaluate(eval_cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, A
     return result
 
 
-def recorded_test_acc(run_dir: Path) -> float | None:
-    """The test accuracy train.py measured (with the best checkpoint), if it got that far."""
-    path = run_dir / "results.json"
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text()).get("test_acc")
+def locate(
+    eval_cfg: DictConfig, overrides: Sequence[str] = ()
+) -> tuple[Path, DictConfig, Path, str]:
+    """(run directory, its saved config, the checkpoint to test, the key that named the
+    checkpoint) from `run=`, `which=` and `ckpt_path=`; ConfigError naming the key at fault."""
+    run = eval_cfg.get("run")
+    which = str(eval_cfg.get("which", "best"))
+    ckpt_file = eval_cfg.get("ckpt_path")
+    if not ckpt_file:
+        if not run:
+            raise ConfigError(
+                "eval.py needs the run to test: python eval.py run=<run dir>, "
+                "e.g. run=logs/runs/2026-01-31_12-00-00_1234 (add which=last for the last "
+                "epoch), or a checkpoint file: ckpt_path=<run dir>/checkpoints/best.ckpt."
+            )
+        run_dir = Path(str(run)).expanduser()
+        cfg = saved_config(run_dir, "run")
+        return run_dir, cfg, checkpoint_path(run_dir, which), "checkpoint"
+    if "which" in {override_key(o) for o in overrides} or which != "best":
+        # which= would otherwise be ignored: the file named is what gets tested.
+        raise ConfigError(
+            f"which={which} and ckpt_path={ckpt_file} both say which checkpoint to test: "
+            "which= picks the best or last checkpoint of run=, ckpt_path= names a file. "
+            "Give one of them, e.g. python eval.py run=<run dir> which=last, or "
+            "python eval.py ckpt_path=<run dir>/checkpoints/last.ckpt."
+        )
+    ckpt = Path(str(ckpt_file)).expanduser()
+    if not ckpt.is_file():
+        raise ConfigError(
+            f"ckpt_path={ckpt_file}: no such file. Give a checkpoint of a training run, "
+            "e.g. ckpt_path=logs/runs/<run>/checkpoints/best.ckpt, or the run: run=<run dir>."
+        )
+    if run:  # the config the checkpoint is tested with comes from the run named
+        run_dir = Path(str(run)).expanduser()
+        return run_dir, saved_config(run_dir, "run"), ckpt, "ckpt_path"
+    # <run dir>/checkpoints/<file>.ckpt: the run's config is two folders up.
+    run_dir = ckpt.resolve().parent.parent
+    if not (run_dir / CONFIG).is_file():
+        raise ConfigError(
+            f"ckpt_path={ckpt_file}: its run's config ({run_dir / CONFIG}) is missing, so "
+            "the network and data it was trained with are unknown. Pass a checkpoint from a "
+            "run's checkpoints/ folder, or name the run too: run=<run dir>."
+        )
+    try:
+        cfg = saved_config(run_dir, "run")
+    except ConfigError as err:
+        # saved_config's messages start with `run=<dir>`, which the user did not type.
+        message = str(err).removeprefix(f"run={run_dir}")
+        raise ConfigError(f"ckpt_path={ckpt_file}: its run directory {run_dir}{message}") from None
+    return run_dir, cfg, ckpt, "ckpt_path"
+
+
+def run_checkpoint(run_dir: Path, ckpt: Path) -> str | None:
+    """ "best" or "last" when `ckpt` is that checkpoint of the run in `run_dir`; None for any
+    other file (a copy elsewhere, another run's best.ckpt), which results.json says nothing
+    about."""
+    for which, relative in CHECKPOINTS.items():
+        if ckpt.resolve() == (run_dir / relative).resolve():
+            return which
+    return None
+
+
+def override_key(override: str) -> str:
+    """`data.eval_batch_size` of `data.eval_batch_size=500`, `+key=...`, `~key`."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+# What eval.py does not build: its result does not depend on their settings.
+UNUSED_NODES = ("callbacks", "logger")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """The checks train.py runs before a run, on the config this evaluation uses (the run's
+    own with the overrides applied): an impossible value (data.eval_batch_size=0) or a
+    mistyped key added with `+` is one paragraph naming the key, not a traceback from
+    Lightning. The network is checked when it is built."""
+    used = OmegaConf.masked_copy(cfg, [key for key in cfg if key not in UNUSED_NODES])
+    check_unset(used)
+    check_values(used)
+    check_classes(used)
+    check_distributed(used, in_multirun(), launcher_target())
+    check_keys(used)

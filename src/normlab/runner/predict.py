@@ -21,16 +21,17 @@ from hydra.utils import instantiate
 from normlab.data.batches import BatchTransform
 from normlab.data.image_folder import decode_image
 from normlab.errors import ConfigError, DataError
-from normlab.runner.build import build_network
-from normlab.runner.checks import network_error
+from normlab.runner.build import build_network_or_error
 from normlab.runner.cli import exit_on_user_error
 from normlab.runner.rundir import (
+    check_architecture,
     checkpoint_path,
     load_checkpoint,
     network_weights,
     read_results,
     saved_config,
 )
+from normlab.runner.threads import threads_for_run
 
 USAGE = "usage: python -m normlab.predict run=<run dir> [which=best|last] [top=3] IMAGE [IMAGE ...]"
 
@@ -40,13 +41,16 @@ class Predictor:
 
     def __init__(self, run_dir: Path, which: str = "best") -> None:
         cfg = saved_config(run_dir, "run")
-        weights = load_checkpoint(checkpoint_path(run_dir, which), key="checkpoint")["state_dict"]
-        try:
-            self.net = build_network(cfg.model)
-        except Exception as err:
-            raise network_error(cfg.model, err) from None
-        self.net.load_state_dict(network_weights(weights))
+        path = checkpoint_path(run_dir, which)
+        checkpoint = load_checkpoint(path, key="checkpoint")
+        self.net = build_network_or_error(cfg.model)
+        # A message naming the mismatch (a checkpoint copied in from another run, a config
+        # edited since), not load_state_dict's RuntimeError listing every tensor.
+        check_architecture(checkpoint, self.net, path, key="checkpoint")
+        self.net.load_state_dict(network_weights(checkpoint["state_dict"]))
         self.net.eval()
+        # `threads=` of the run's config (null: chosen for this machine, as train.py does).
+        self.threads_setting: int | None = cfg.get("threads")
         self.image_size = int(cfg.data.get("image_size", 32))
         self.channels = int(cfg.model.get("in_channels", 3))
         # The run recorded its classes and statistics: the data folder need not exist here.
@@ -111,12 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with exit_on_user_error():
         options, images = parse_args(argv)
         predictor = Predictor(Path(options["run"]), options["which"])
+        # torch's default, a thread per core, is slow on a busy machine (normlab.runner.threads).
+        torch.set_num_threads(threads_for_run(predictor.threads_setting, None)[0])
         for path, top in zip(
             images, predictor.top_classes(images, int(options["top"])), strict=True
         ):
             print(f"{path}: " + ", ".join(f"{name} {prob:.3f}" for name, prob in top))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
