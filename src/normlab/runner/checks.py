@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from normlab.errors import ConfigError, NormlabError
+from normlab.files import absolute_path
 from normlab.runner.build import build_network, network_spec
 from normlab.runner.rundir import (
     RunPlan,
@@ -421,15 +422,28 @@ def unknown_option_hint(group: str, value: Any, config_dir: Path) -> str | None:
     )
 
 
-def check_paths(run_dir: str | Path, data_root: str | Path | None) -> None:
-    """The run directory can be created, and the data folder read or created."""
+def check_paths(
+    run_dir: str | Path, data_root: str | Path | None, key: str = "hydra.run.dir"
+) -> None:
+    """The run (or sweep) directory can be created, and the data folder read or created.
+
+    `run_dir` is Hydra's output folder as configured (`key` names the setting).
+    """
+    if str(run_dir).startswith("~"):
+        # Hydra makes its output folders absolute without expanding `~`: the run would go
+        # into a folder named `~` inside the current directory.
+        raise ConfigError(
+            f"{key}={run_dir}: Hydra does not expand ~ in its output folders, so the run "
+            "would go into a folder named '~' in the current directory. Write the home "
+            "folder out: $HOME/... (the shell expands it), e.g. paths.log_dir=$HOME/logs."
+        )
     if not can_create(Path(run_dir)):
         raise ConfigError(
             f"cannot create the run directory {run_dir}: {blocker(Path(run_dir))}. Point "
             "paths.log_dir at a writable folder, e.g. paths.log_dir=$HOME/normlab-logs."
         )
     if data_root is not None:
-        root = Path(data_root).expanduser()
+        root = absolute_path(data_root)
         if root.exists() and not (root.is_dir() and os.access(root, os.R_OK | os.X_OK)):
             raise ConfigError(
                 f"data.root={data_root} is not a readable folder. Point data.root (or "
@@ -449,7 +463,7 @@ def can_create(path: Path) -> bool:
 
 def blocker(path: Path) -> str:
     """Why `path` cannot be created as a directory ("" when it can or already is one)."""
-    path = path.expanduser().absolute()
+    path = absolute_path(path)
     for candidate in (path, *path.parents):
         if candidate.exists():
             if not candidate.is_dir():
@@ -480,7 +494,7 @@ class Preflight(Callback):
                     "on its own, e.g. python train.py resume=logs/multiruns/<sweep>/<job>."
                 )
             sweep_dir = Path(str(config.hydra.sweep.dir))
-            check_paths(sweep_dir, None)
+            check_paths(sweep_dir, None, key="hydra.sweep.dir")
             check_distributed(config, multirun=True, launcher=launcher_target(config.hydra))
             check_space(sweep_dir, None)
             refuse_used_sweep_dir(sweep_dir)
@@ -513,7 +527,8 @@ LOG_BYTES = 5 * 2**20
 
 def check_space(folder: Path, net: nn.Module | None) -> None:
     """ConfigError when the disk holding `folder` has less room than a run's checkpoints."""
-    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
+    folder = absolute_path(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
     free = shutil.disk_usage(existing).free
     weights = sum(p.numel() * p.element_size() for p in net.parameters()) if net else 0
     # weights, optimizer state (momentum) and gradients' worth of each checkpoint, three files

@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from normlab.errors import ConfigError
-from normlab.files import FolderLock, reraise_disk_full
+from normlab.files import FolderLock, absolute_path, reraise_disk_full
 
 log = logging.getLogger("normlab")
 
@@ -119,7 +119,8 @@ def saved_config(run_dir: str | Path, key: str) -> DictConfig:
     check_trusted_targets(cfg, f"{key}={run_dir}", path)
     with open_dict(cfg):
         # Saved as ${hydra:runtime.output_dir}, which would now name another directory.
-        cfg.paths.output_dir = str(run_dir)
+        # Absolute, as Hydra's own output_dir: the folder's lock goes by that name.
+        cfg.paths.output_dir = str(absolute_path(run_dir))
     return cfg
 
 
@@ -483,10 +484,10 @@ def secondary_rank() -> bool:
 RANK_VARIABLES = ("LOCAL_RANK", "RANK", "NODE_RANK", "SLURM_PROCID")
 
 
-def lock_folder(folder: Path, what: str, key: str) -> None:
+def lock_folder(folder: str | Path, what: str, key: str) -> None:
     """Hold `folder`'s lock until this process ends (or `release_folder`); ConfigError when
     another process holds it."""
-    folder = Path(folder).expanduser().absolute()
+    folder = absolute_path(folder)
     if folder in _claims:
         return
     with reraise_disk_full(folder.parent, f"could not create {folder.name}"):
@@ -501,12 +502,9 @@ def lock_folder(folder: Path, what: str, key: str) -> None:
     _claims[folder] = lock
 
 
-def held_here(folder: Path) -> bool:
-    return Path(folder).expanduser().absolute() in _claims
-
-
-def release_folder(folder: Path) -> None:
-    lock = _claims.pop(Path(folder).expanduser().absolute(), None)
+def release_folder(folder: str | Path) -> None:
+    """Let go of `folder`'s lock, if this process holds it."""
+    lock = _claims.pop(absolute_path(folder), None)
     if lock is not None:
         lock.release()
 
@@ -519,7 +517,7 @@ def claim_run_dir(run_dir: str | Path, resumed: bool, key: str = "hydra.run.dir"
     """
     if secondary_rank():
         return
-    run_dir = Path(run_dir).expanduser()
+    run_dir = absolute_path(run_dir)
 
     def refuse_existing() -> None:
         if not resumed and holds_run(run_dir):
