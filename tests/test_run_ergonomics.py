@@ -71,6 +71,10 @@ def test_threads_setting_overrides_and_single_runs_use_all_free_cores(quiet_mach
 def test_run_names_come_from_the_defining_overrides():
     assert run_name(None, ["model=cnn_bn", "seed=3"]) == "model-cnn_bn+seed-3"
     assert run_name(None, ["hydra.run.dir=/x", "paths.data_dir=/d", "tags=[a,b]"]) == "default"
+    # What records or labels a run, and how it runs, names nothing: callbacks=none as
+    # logger=none, + forms included.
+    where_and_how = ["callbacks=none", "logger=none", "callbacks/diagnostics=none", "threads=2"]
+    assert run_name(None, [*where_and_how, "+callbacks.x.y=1", "verbose=true"]) == "default"
     assert run_name(None, ["model/norm=group", "data.root=/very/long/path/to/images"]) == (
         "model.norm-group+data.root-images"
     )
@@ -107,6 +111,8 @@ def test_hparams_hold_the_defining_values_not_constants():
     assert hparams["optimizer/lr"] == cfg.optimizer.lr and hparams["seed"] == 0
     assert hparams["optimizer/momentum"] == 0.5  # a key the command line set
     assert hparams["tags"] == "a,b" and hparams["trainer/max_epochs"] == 20
+    extra = defining_hparams(cfg, "x", ["+callbacks.history.print_summary=false"], choices)
+    assert not any(key.startswith("callbacks") for key in extra)
     assert not {"data/eval_batch_size", "data/mean", "paths/log_dir"} & set(hparams)
 
 
@@ -206,9 +212,10 @@ def test_a_sweep_prints_one_line_per_job_and_callbacks_none_runs(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = [line for line in proc.stdout.splitlines() if line.startswith("#")]
+    # callbacks=... says what a run records, not what it trains: not in the name (as logger=)
     assert [line.split(":")[0] for line in jobs] == [
-        "#0 data-digits+trainer.max_epochs-1+trainer.limit_train_batches-5+callbacks-default",
-        "#1 data-digits+trainer.max_epochs-1+trainer.limit_train_batches-5+callbacks-none",
+        "#0 data-digits+trainer.max_epochs-1+trainer.limit_train_batches-5",
+        "#1 data-digits+trainer.max_epochs-1+trainer.limit_train_batches-5",
     ]
     # the per-epoch lines stay in each job's train.log
     assert "epoch 1/1" not in proc.stdout

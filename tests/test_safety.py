@@ -28,9 +28,9 @@ from normlab.training.checkpoints import reroot
 MARKER_CODE = "open({marker!r}, 'w')"
 
 
-def saved_run(folder: Path, compose_cfg, edit=None) -> Path:
+def saved_run(folder: Path, compose_cfg, edit=None, data: str = "digits") -> Path:
     """A run directory holding a saved config (data=digits) and optionally edited."""
-    cfg = compose_cfg(["data=digits"])
+    cfg = compose_cfg([f"data={data}"])
     container = OmegaConf.to_container(cfg, resolve=False)
     container.pop("hydra", None)
     if edit:
@@ -124,6 +124,31 @@ def test_empty_resume_is_an_error(compose_cfg):
     cfg = compose_cfg(["data=digits", "resume="])
     with pytest.raises(ConfigError, match="resume= is empty"):
         plan_run(cfg, ["resume="])
+
+
+def test_resume_applies_where_and_how_settings_and_refuses_the_rest(compose_cfg, tmp_path):
+    """`paths.*`, `threads=` and `verbose=` reach the resumed run (they were accepted and then
+    dropped); what would change the run, or move it out of its directory, is refused."""
+    run = saved_run(tmp_path / "run", compose_cfg, data="cifar10")
+    overrides = [f"resume={run}", "paths.data_dir=/scratch/data", "threads=1", "verbose=true"]
+    plan = plan_run(compose_cfg(["data=cifar10", *overrides]), overrides)
+    assert plan.resumed and plan.config.threads == 1 and plan.config.verbose is True
+    # The saved data.root is ${paths.data_dir}: it follows the data to its new place.
+    assert OmegaConf.select(plan.config, "data.root") == "/scratch/data"
+    assert plan.config.paths.output_dir == str(run)
+    root = ["paths.root_dir=/elsewhere"]  # an interpolation's source, resolved in the run
+    plan = plan_run(compose_cfg(["data=cifar10", f"resume={run}", *root]), [f"resume={run}", *root])
+    assert OmegaConf.select(plan.config, "data.root") == "/elsewhere/data"
+    for extra, says in (
+        ("optimizer.lr=1", "optimizer.lr=1 would change it"),
+        ("callbacks.divergence.max_loss=10", "would change it"),
+        ("tags=[x]", "would change it"),
+        (f"hydra.run.dir={tmp_path / 'else'}", "continues the run in its own directory"),
+        ("paths.output_dir=/else", "paths.output_dir=/else would put it"),
+    ):
+        overrides = [f"resume={run}", extra]
+        with pytest.raises(ConfigError, match=says):
+            plan_run(compose_cfg(["data=cifar10", *overrides]), overrides)
 
 
 def write_checkpoint(path: Path, epoch: int) -> None:

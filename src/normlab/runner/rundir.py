@@ -34,14 +34,13 @@ from torch import nn
 
 from normlab.errors import ConfigError
 from normlab.files import FolderLock, absolute_path, reraise_disk_full
+from normlab.runner.names import is_run_setting, override_key
 
 log = logging.getLogger("normlab")
 
 CONFIG = Path(".hydra") / "config.yaml"
 OVERRIDES = Path(".hydra") / "overrides.yaml"
 CHECKPOINTS = {"best": Path("checkpoints") / "best.ckpt", "last": Path("checkpoints") / "last.ckpt"}
-# Overrides that may accompany resume=: where things are, not what is trained.
-NEUTRAL_PREFIXES = ("resume=", "hydra.", "paths.")
 # The network's weights inside the LightningModule's state dict (`ImageClassifier.net`).
 NET_PREFIX = "net."
 # What a saved config may instantiate without the checkout's conf/ naming it: normlab's own
@@ -286,25 +285,58 @@ def plan_run(cfg: DictConfig, overrides: list[str]) -> RunPlan:
     if not cfg.get("resume"):
         return RunPlan(cfg, overrides, user_checkpoint(cfg.get("ckpt_path")), "ckpt_path", False)
     resume = cfg.resume
-    changed = [o for o in overrides if not o.startswith(NEUTRAL_PREFIXES)]
+    changed = [o for o in overrides if not is_run_setting(o)]
     saved = saved_config(resume, "resume")
     if changed:
         raise ConfigError(
             f"resume= continues a run exactly as it was configured, but {' '.join(changed)} "
-            "would change it. Drop those overrides, or start a new run from the checkpoint "
-            f"with ckpt_path={Path(resume) / CHECKPOINTS['last']} plus your overrides."
+            "would change it. Drop those overrides (only where and how it runs may change: "
+            "paths.*, threads=, verbose= and hydra.* settings), or start a new run from the "
+            f"checkpoint with ckpt_path={Path(resume) / CHECKPOINTS['last']} plus your overrides."
         )
     run_dir = Path(resume).expanduser()
+    moved = [o for o in overrides if override_key(o) in ("hydra.run.dir", "paths.output_dir")]
+    if moved:
+        raise ConfigError(
+            f"resume={run_dir} continues the run in its own directory, but {moved[0]} would "
+            "put it (or part of it) elsewhere. Drop it; to continue the run in another place, "
+            "copy or move its directory there and resume that."
+        )
     if read_results(run_dir).get("status") == "completed":
         raise ConfigError(
             f"resume={run_dir}: this run has completed (results.json says so); there is "
             f"nothing to continue. Re-test it with python eval.py run={run_dir}, or start a new "
             "run to train longer."
         )
+    apply_run_settings(saved, cfg, overrides)
     original = OmegaConf.load(run_dir / OVERRIDES) if (run_dir / OVERRIDES).is_file() else []
     # Killed before its first checkpoint: the run starts again from step 0, in its directory.
     checkpoint, note = resume_checkpoint(run_dir)
     return RunPlan(saved, [str(o) for o in original], checkpoint, "resume", True, note)
+
+
+def apply_run_settings(saved: DictConfig, composed: DictConfig, overrides: list[str]) -> None:
+    """Put the overrides that accompany resume= (`paths.data_dir=...`, `threads=4`) onto the
+    run's saved config, with the values Hydra composed them to in `composed`. Unresolved: an
+    interpolation (`${paths.root_dir}/data`) then resolves within the resumed run's config.
+    `hydra.*` settings are Hydra's own and already apply; the output folder stays pinned."""
+    pinned = saved.paths.output_dir  # the run's own directory (saved_config)
+    for override in overrides:
+        key = override_key(override).replace("/", ".")
+        if key == "resume" or key == "hydra" or key.startswith("hydra."):
+            continue
+        parent, _, leaf = key.rpartition(".")
+        if str(override).startswith("~"):
+            node = OmegaConf.select(saved, parent) if parent else saved
+            if isinstance(node, DictConfig) and leaf in node:
+                with open_dict(node):
+                    del node[leaf]
+            continue
+        source = OmegaConf.select(composed, parent) if parent else composed
+        value = OmegaConf.to_container(source, resolve=False)[leaf]
+        OmegaConf.update(saved, key, value, merge=False, force_add=True)
+    with open_dict(saved):
+        saved.paths.output_dir = pinned  # `paths=<option>` replaces the whole node
 
 
 def resume_checkpoint(run_dir: Path) -> tuple[Path | None, str]:
