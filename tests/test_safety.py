@@ -151,6 +151,19 @@ def test_resume_applies_where_and_how_settings_and_refuses_the_rest(compose_cfg,
             plan_run(compose_cfg(["data=cifar10", *overrides]), overrides)
 
 
+def test_damaged_saved_overrides_get_a_clear_error_or_none(compose_cfg, tmp_path):
+    run = saved_run(tmp_path / "run", compose_cfg)
+    cfg = compose_cfg(["data=digits", f"resume={run}"])
+    path = run / ".hydra" / "overrides.yaml"
+    path.write_text("- model=cnn_bn\n- seed=3\n")
+    assert plan_run(cfg, [f"resume={run}"]).overrides == ["model=cnn_bn", "seed=3"]
+    path.write_text("a: [\n")
+    with pytest.raises(ConfigError, match=r"its saved overrides .* cannot be read \(ParserError"):
+        plan_run(cfg, [f"resume={run}"])
+    path.write_text("model: cnn_bn\n")  # not the list Hydra writes: no overrides, not a crash
+    assert plan_run(cfg, [f"resume={run}"]).overrides == []
+
+
 def write_checkpoint(path: Path, epoch: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": {}, "epoch": epoch, "global_step": 10 * epoch}, path)

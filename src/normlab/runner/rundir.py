@@ -309,10 +309,31 @@ def plan_run(cfg: DictConfig, overrides: list[str]) -> RunPlan:
             "run to train longer."
         )
     apply_run_settings(saved, cfg, overrides)
-    original = OmegaConf.load(run_dir / OVERRIDES) if (run_dir / OVERRIDES).is_file() else []
     # Killed before its first checkpoint: the run starts again from step 0, in its directory.
     checkpoint, note = resume_checkpoint(run_dir)
-    return RunPlan(saved, [str(o) for o in original], checkpoint, "resume", True, note)
+    return RunPlan(saved, saved_overrides(run_dir, "resume"), checkpoint, "resume", True, note)
+
+
+def saved_overrides(run_dir: Path, key: str) -> list[str]:
+    """The command-line overrides a run was started with (`.hydra/overrides.yaml`): its name
+    and results.json's record. [] when the file is absent or holds no list (they describe
+    the run, nothing is built from them); ConfigError when it cannot be read at all."""
+    path = run_dir / OVERRIDES
+    if not path.is_file():
+        return []
+    try:
+        original = OmegaConf.load(path)
+    except Exception as err:  # a YAML syntax error, a binary file, no permission
+        first_line = (str(err).splitlines() or [""])[0]
+        raise ConfigError(
+            f"{key}={run_dir}: its saved overrides {path} cannot be read "
+            f"({type(err).__name__}: {first_line}). The run directory is damaged; restore "
+            ".hydra/overrides.yaml from a copy, or delete it (the run then keeps its config "
+            "but is named 'default')."
+        ) from None
+    if not OmegaConf.is_list(original):
+        return []
+    return [str(o) for o in original]
 
 
 def apply_run_settings(saved: DictConfig, composed: DictConfig, overrides: list[str]) -> None:
