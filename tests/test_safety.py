@@ -185,6 +185,19 @@ def test_resume_falls_back_to_the_newest_readable_checkpoint(compose_cfg, tmp_pa
         plan_run(cfg, [f"resume={run}"])
 
 
+def test_history_from_a_damaged_last_checkpoint_is_empty_not_an_error(tmp_path):
+    """Read while a failed run records its results: the run's own error must stay the one
+    reported."""
+    folder = tmp_path / "checkpoints"
+    epochs = [{"val/acc": 0.5}, {"val/acc": 0.6}]
+    write_checkpoint(folder / "last.ckpt", 1)
+    state = torch.load(folder / "last.ckpt", weights_only=True)
+    torch.save({**state, "callbacks": {"MetricHistory": {"epochs": epochs}}}, folder / "last.ckpt")
+    assert rundir.history_from_last_checkpoint([folder]) == epochs
+    (folder / "last.ckpt").write_bytes(b"PK\x03 truncated")
+    assert rundir.history_from_last_checkpoint([folder]) == []
+
+
 def test_a_run_folder_is_locked_and_an_existing_run_is_not_overwritten(tmp_path):
     run = tmp_path / "run"
     claim_run_dir(run, resumed=False)

@@ -32,7 +32,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from normlab.errors import ConfigError
+from normlab.errors import ConfigError, NormlabError
 from normlab.files import FolderLock, absolute_path, reraise_disk_full
 from normlab.runner.names import is_run_setting, override_key
 
@@ -510,12 +510,19 @@ def history_from_last_checkpoint(checkpoint_dirs: list[Path]) -> list[dict[str, 
 
     Under `strategy=ddp_spawn` training happens in child processes, and the MetricHistory of
     the process that writes results.json never sees an epoch; the checkpoint holds them.
+    [] when the file cannot be read: this runs while a failed run records its results, and
+    a damaged last.ckpt must not replace the error that stopped the run.
     """
     for folder in checkpoint_dirs:
         path = Path(folder) / CHECKPOINTS["last"].name
         if path.is_file():
-            states = load_checkpoint(path, "checkpoint").get("callbacks", {})
-            return list(states.get("MetricHistory", {}).get("epochs", []))
+            try:
+                states = load_checkpoint(path, "checkpoint").get("callbacks")
+            except NormlabError:
+                return []
+            history = states.get("MetricHistory") if isinstance(states, dict) else None
+            epochs = history.get("epochs") if isinstance(history, dict) else None
+            return list(epochs) if isinstance(epochs, list) else []
     return []
 
 
