@@ -59,7 +59,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         cfg.name = name  # the TensorBoard run's folder: logger.tensorboard.version is ${name}
     output_dir = Path(cfg.paths.output_dir)
     # Checked, created and locked by Preflight for a single run; a sweep's job does it here.
-    claim_run_dir(output_dir, plan.resumed, key="hydra.sweep.dir job")
+    claim_run_dir(
+        output_dir, plan.resumed, key="hydra.sweep.dir" if in_multirun() else "hydra.run.dir"
+    )
     started = time.perf_counter()
     quiet_lightning()
     results: dict[str, Any] = {"status": "failed"}
