@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -477,11 +478,28 @@ def blocker(path: Path) -> str:
 # --- the Hydra callback -------------------------------------------------------------------
 
 
+# Set while normlab.train (the Python API) runs Hydra's callbacks: it has run the checks and
+# claimed the run directory itself, raising on failure, because Preflight can only exit.
+_checked_by_caller: ContextVar[bool] = ContextVar("normlab_checked_by_caller", default=False)
+
+
+@contextlib.contextmanager
+def checked_by_caller() -> Iterator[None]:
+    """Within the block Preflight skips a single run: the caller did what it would do."""
+    token = _checked_by_caller.set(True)
+    try:
+        yield
+    finally:
+        _checked_by_caller.reset(token)
+
+
 class Preflight(Callback):
     """Runs the checks before Hydra creates anything (see conf/hydra/default.yaml); then
     creates and locks the run (or sweep) directory, so no other process writes into it."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if _checked_by_caller.get():
+            return
         with exit_before_the_run():
             plan = check_single_run(config)
             claim_run_dir(Path(str(config.hydra.run.dir)), plan.resumed)
