@@ -181,6 +181,15 @@ def check_values(cfg: DictConfig) -> None:
             f"optimizer.lr={lr!r}: the learning rate must be a positive number (finite), "
             "e.g. optimizer.lr=0.05 (SGD) or optimizer.lr=1e-3 (AdamW)."
         )
+    threads = cfg.get("threads")
+    if threads is not None and (
+        not isinstance(threads, int) or isinstance(threads, bool) or threads < 1
+    ):
+        raise ConfigError(
+            f"threads={threads!r}: torch's threads for this run must be a positive integer, "
+            "e.g. threads=4, or null (the default: chosen from the cores the run may use, "
+            "logged as it starts)."
+        )
     seed = cfg.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
         raise ConfigError(
