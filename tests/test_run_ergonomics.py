@@ -19,7 +19,7 @@ from normlab.runner import threads as threads_module
 from normlab.runner.checks import accepted_parameters, check_keys, unknown_override_hints
 from normlab.runner.console import ConsoleFormatter
 from normlab.runner.names import defining_hparams, run_name
-from normlab.runner.threads import joblib_cpu_count, parallel_jobs, threads_for_run
+from normlab.runner.threads import parallel_jobs, threads_for_run
 from normlab.training.progress import epoch_label, format_duration
 
 # ---------------------------------------------------------------- threads
@@ -45,14 +45,16 @@ def test_a_joblib_sweep_job_takes_its_share_of_the_cores(quiet_machine):
     assert parallel_jobs(hydra_cfg) == 2
     threads, why = threads_for_run(None, hydra_cfg)
     assert threads == 2 and "shared by 2 parallel jobs" in why
-    # n_jobs=-1: one job per core, so one thread each
+    # n_jobs=-1: one job per usable core (the count threads use), so one thread each
+    assert parallel_jobs(sweep_hydra("hydra.launcher.n_jobs=-1")) == 4
     assert threads_for_run(None, sweep_hydra("hydra.launcher.n_jobs=-1"))[0] == 1
 
 
 def test_joblibs_own_omp_setting_does_not_count_as_the_users(quiet_machine, monkeypatch):
     hydra_cfg = sweep_hydra("hydra.launcher.n_jobs=2")
-    # joblib's workers get OMP_NUM_THREADS = cores // n_jobs when the user set none
-    monkeypatch.setenv("OMP_NUM_THREADS", str(max(1, joblib_cpu_count() // 2)))
+    # joblib's workers get OMP_NUM_THREADS = cores // n_jobs when the user set none (joblib's
+    # count is usable_cores': here the fixture's 4)
+    monkeypatch.setenv("OMP_NUM_THREADS", str(max(1, threads_module.usable_cores() // 2)))
     assert threads_for_run(None, hydra_cfg)[1] != "set by OMP_NUM_THREADS"
 
 

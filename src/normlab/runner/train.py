@@ -6,6 +6,7 @@ results.json. The runner is the only part of normlab that knows both Hydra and L
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import time
@@ -26,8 +27,8 @@ from normlab.errors import NormlabError
 from normlab.files import DiskFullError, atomic_open, disk_full, write_json
 from normlab.runner.build import build_module, build_network, build_trainer
 from normlab.runner.checks import check_run, checked_by_preflight
-from normlab.runner.cli import in_multirun, quiet_lightning
-from normlab.runner.console import JOB_SUMMARY
+from normlab.runner.cli import quiet_lightning
+from normlab.runner.console import JOB_SUMMARY, in_multirun
 from normlab.runner.names import defining_hparams, run_name
 from normlab.runner.rundir import (
     claim_run_dir,
@@ -38,7 +39,7 @@ from normlab.runner.rundir import (
     task_overrides,
 )
 from normlab.runner.sweep import report_interrupted_sweep
-from normlab.runner.threads import threads_for_run
+from normlab.runner.threads import ddp_processes, threads_for_run, threads_kept_for_ranks
 from normlab.training import ImageClassifier, MetricHistory, divergence_record
 from normlab.training.hparams import record_hparams
 
@@ -69,11 +70,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     threads: int | None = None
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     training = False  # whether fit() started: before it, a resumed run's files stay as they were
+    cleanup = contextlib.ExitStack()  # undone when the run ends, however it ends
     try:
         if not checked_by_preflight():  # a job of a sweep, or a call from Python
             check_run(plan, multirun=in_multirun(), launcher=launcher_target())
-        threads, why = threads_for_run(cfg.get("threads"), hydra_cfg)
+        ranks = ddp_processes(cfg.get("trainer"))
+        threads, why = threads_for_run(cfg.get("threads"), hydra_cfg, ranks)
         torch.set_num_threads(threads)
+        cleanup.enter_context(threads_kept_for_ranks(threads, ranks))
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         net = build_network(cfg.model)
         module = build_module(cfg, net)
@@ -127,6 +131,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results["error"] = f"{type(err).__name__}: {err}"
         raise
     finally:
+        cleanup.close()
         if trainer is not None and results["status"] in ("failed", "interrupted"):
             results.update(collect_results(trainer, {}, "", status=results["status"]))
         results["wall_s"] = round(time.perf_counter() - started, 3)
