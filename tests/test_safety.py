@@ -241,6 +241,75 @@ def test_out_of_range_and_no_batch_values_are_refused(compose_cfg, override, say
     assert says in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        (["data.mean=[0.5,0.5]"], "data.mean=[0.5, 0.5]: give one value per image channel (3"),
+        (["data.std=0.5"], "data.std=[0.5]: give one value per image channel"),
+        (["data=cifar10", "data.mean=null"], "data.mean=null: normlab.data.CIFAR10DataModule does"),
+        # image_folder computes both from the images when null, and used a lone one for nothing
+        (["data=image_folder", "data.std=[0.2,0.2,0.2]"], "data.std is given but data.mean is"),
+        (["data=image_folder", "data.mean=[0.5,0.5]", "data.std=[0.2,0.2]"], "one value per"),
+        (["data=image_folder", "data.image_size=0"], "data.image_size=0: must be a positive"),
+    ],
+)
+def test_normalization_statistics_fit_the_images(compose_cfg, overrides, says):
+    with pytest.raises(ConfigError) as err:
+        checks.check_values(compose_cfg(["data=digits", *overrides]))
+    assert says in str(err.value)
+
+
+def test_statistics_may_be_computed_where_the_data_module_computes_them(compose_cfg):
+    checks.check_values(compose_cfg(["data=image_folder"]))  # both null
+    both = ["data=image_folder", "data.mean=[0.4,0.4,0.4]", "data.std=[0.2,0.2,0.2]"]
+    checks.check_values(compose_cfg(both))
+
+
+def test_image_sizes_the_network_cannot_take_are_refused(compose_cfg, tmp_path):
+    from conftest import write_image_folder
+
+    root = write_image_folder(tmp_path / "images", classes=tuple("abcdefghij"))
+
+    def check(*overrides: str) -> None:
+        cfg = compose_cfg(["data=image_folder", f"data.root={root}", *overrides])
+        checks.check_run(plan_run(cfg, []))
+
+    check("data.image_size=32")
+    check("data.image_size=35")  # SeedCNN: still 5x5 maps after its two pools
+    check("model=vgg11_slim", "data.image_size=48")  # VGG: 1x1 after five pools up to 63
+    with pytest.raises(ConfigError, match=r"data.image_size=64: the network \(SeedCNN\)"):
+        check("data.image_size=64")
+    with pytest.raises(ConfigError, match=r"data.image_size=16: the network \(VGG\)"):
+        check("model=vgg11_slim", "data.image_size=16")
+    synthetic = compose_cfg(["data=synthetic", "+data.image_size=64"])
+    with pytest.raises(ConfigError, match="data.image_size=64"):
+        checks.check_run(plan_run(synthetic, []))
+
+
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        (
+            "callbacks.divergence.check_every_n_steps=0",
+            "callbacks.divergence.check_every_n_steps=0: ",
+        ),
+        ("callbacks.diagnostics.every_n_epochs=-2", "callbacks.diagnostics.every_n_epochs=-2: use"),
+        (
+            "callbacks.lr_monitor.logging_interval=hourly",
+            "callbacks.lr_monitor.logging_interval='hourly': ",
+        ),
+        (
+            "callbacks.last_checkpoint.every_n_epochs=-1",
+            "callbacks.last_checkpoint.every_n_epochs=-1",
+        ),
+    ],
+)
+def test_callback_arguments_their_constructors_refuse_are_named(compose_cfg, override, says):
+    with pytest.raises(ConfigError) as err:
+        checks.check_run(plan_run(compose_cfg(["data=digits", override]), []))
+    assert says in str(err.value)
+
+
 def test_results_are_strict_json(tmp_path):
     write_json(
         tmp_path / "r.json", {"a": math.nan, "b": [math.inf, 1.0], "c": torch.tensor(-math.inf)}
