@@ -33,7 +33,6 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -41,6 +40,7 @@ from torch import nn
 from normlab.errors import ConfigError, NormlabError
 from normlab.files import absolute_path
 from normlab.runner.build import build_network, network_spec
+from normlab.runner.console import in_multirun
 from normlab.runner.rundir import (
     RunPlan,
     check_architecture,
@@ -818,7 +818,7 @@ def checked_by_preflight() -> bool:
     targets = {
         str(node.get("_target_", "")) for node in (hydra_cfg.get("callbacks") or {}).values()
     }
-    return hydra_cfg.mode == RunMode.RUN and f"{__name__}.Preflight" in targets
+    return not in_multirun(hydra_cfg) and f"{__name__}.Preflight" in targets
 
 
 @contextlib.contextmanager

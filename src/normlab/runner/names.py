@@ -91,6 +91,15 @@ def _safe(text: str) -> str:
     return _UNSAFE.sub("-", text).strip("-+")
 
 
+def choice(choices: Mapping[str, Any], group: str, node: Any) -> str | None:
+    """What a config group is set to: Hydra's choice (`model/norm: group`), else the class
+    name of the node's `_target_` (a group set key by key), else None."""
+    if choices.get(group):
+        return str(choices[group])
+    target = node.get("_target_") if isinstance(node, Mapping) else None
+    return str(target).rsplit(".", 1)[-1] if target else None
+
+
 def defining_hparams(
     cfg: Any, name: str, overrides: Iterable[str], choices: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -104,26 +113,20 @@ def defining_hparams(
     """
     choices = dict(choices or {})
 
-    def choice(group: str, node: Any) -> str | None:
-        if choices.get(group):
-            return str(choices[group])
-        target = node.get("_target_") if isinstance(node, Mapping) else None
-        return str(target).rsplit(".", 1)[-1] if target else None
-
     def select(key: str) -> Any:
         return OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
 
     params: dict[str, Any] = {
-        "data": choice("data", select("data")),
+        "data": choice(choices, "data", select("data")),
         "data/batch_size": select("data.batch_size"),
-        "model": choice("model", select("model")),
-        "model/norm": choice("model/norm", select("model.norm")),
-        "model/dropout": choice("model/dropout", select("model.dropout")),
+        "model": choice(choices, "model", select("model")),
+        "model/norm": choice(choices, "model/norm", select("model.norm")),
+        "model/dropout": choice(choices, "model/dropout", select("model.dropout")),
         "model/dropout/p": select("model.dropout.p"),
-        "optimizer": choice("optimizer", select("optimizer")),
+        "optimizer": choice(choices, "optimizer", select("optimizer")),
         "optimizer/lr": select("optimizer.lr"),
         "optimizer/weight_decay": select("optimizer.weight_decay"),
-        "scheduler": choice("scheduler", select("scheduler")) or "none",
+        "scheduler": choice(choices, "scheduler", select("scheduler")) or "none",
         "seed": select("seed"),
         "trainer/max_epochs": select("trainer.max_epochs"),
         "tags": ",".join(str(t) for t in (select("tags") or [])),

@@ -29,7 +29,7 @@ from normlab.runner.build import build_module, build_network, build_trainer
 from normlab.runner.checks import check_run, checked_by_preflight
 from normlab.runner.cli import quiet_lightning
 from normlab.runner.console import JOB_SUMMARY, in_multirun
-from normlab.runner.names import defining_hparams, run_name
+from normlab.runner.names import choice, defining_hparams, run_name
 from normlab.runner.rundir import (
     claim_run_dir,
     history_from_last_checkpoint,
@@ -268,34 +268,31 @@ def announce(
 ) -> None:
     """What is training, on what, and where its results go: three lines."""
 
-    def choice(group: str, node: Any) -> str:
-        if choices.get(group):
-            return str(choices[group])
-        target = node.get("_target_") if isinstance(node, Mapping) else None
-        return str(target).rsplit(".", 1)[-1] if target else "none"
+    def chosen(group: str, node: Any) -> str:
+        return choice(choices, group, node) or "none"
 
-    dropout = choice("model/dropout", cfg.model.get("dropout"))
-    p = OmegaConf.select(cfg, "model.dropout.p", default=None)
-    params = sum(p.numel() for p in net.parameters())
+    dropout = chosen("model/dropout", cfg.model.get("dropout"))
+    dropout_p = OmegaConf.select(cfg, "model.dropout.p", default=None)
+    params = sum(param.numel() for param in net.parameters())
     devices = trainer.num_devices * trainer.num_nodes
     device = str(trainer.strategy.root_device.type) + (f" x{devices}" if devices > 1 else "")
     log.info("run %s -> %s", name, output_dir)
     log.info(
         "model %s (%s, %s params): norm %s, dropout %s%s",
-        choice("model", cfg.model),
+        chosen("model", cfg.model),
         type(net).__name__,
         f"{params:,}",
-        choice("model/norm", cfg.model.get("norm")),
+        chosen("model/norm", cfg.model.get("norm")),
         dropout,
-        f" p={p}" if p is not None and dropout != "none" else "",
+        f" p={dropout_p}" if dropout_p is not None and dropout != "none" else "",
     )
     log.info(
         "data %s, batch %s; %s lr %s, schedule %s; %s on %s",
-        choice("data", cfg.data),
+        chosen("data", cfg.data),
         cfg.data.get("batch_size"),
-        choice("optimizer", cfg.optimizer),
+        chosen("optimizer", cfg.optimizer),
         cfg.optimizer.get("lr"),
-        choice("scheduler", cfg.get("scheduler")),
+        chosen("scheduler", cfg.get("scheduler")),
         plural(cfg.trainer.get("max_epochs"), "epoch"),
         device,
     )
