@@ -31,6 +31,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.utils import get_class
@@ -127,8 +128,6 @@ def check_image_size(cfg: DictConfig, net: nn.Module) -> None:
 def forward_error(net: nn.Module, size: int) -> Exception | None:
     """What a forward pass of one `size`x`size` RGB image raises on the meta device (None when
     it passes). In eval mode: a batch of one is fine for batch norm there."""
-    import torch
-
     training = net.training
     net.eval()
     try:
