@@ -13,9 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CONF, REPO, run_train
+from omegaconf import OmegaConf
 
 import normlab
+from normlab.bench.cifar_files import write_cifar10
 from normlab.errors import ConfigError
+from normlab.files import FolderLock
 from normlab.runner.api import as_override, find_config_dir
 
 OVERRIDES = ("data=digits", "model=cnn_bn", "trainer.max_epochs=1", "debug=fast")
@@ -77,6 +80,24 @@ def test_mistakes_raise_normlab_errors_and_write_nothing(tmp_path, monkeypatch):
     assert not (root / "logs").exists(), "the checks run before anything is written"
 
 
+def test_a_run_folder_in_use_raises_instead_of_exiting(tmp_path, monkeypatch):
+    """The check Preflight does inside Hydra's callbacks (lock the run folder) exits the
+    process there; from Python it must raise, and leave the folder to its holder."""
+    root = project(tmp_path)
+    monkeypatch.chdir(root / "notebooks")
+    held = root / "logs" / "held"
+    held.mkdir(parents=True)
+    lock = FolderLock(held)
+    assert lock.acquire()  # as another process running there
+    try:
+        with pytest.raises(ConfigError, match="another process is using this run directory"):
+            normlab.train(*OVERRIDES, "hydra.run.dir=logs/held")
+    finally:
+        lock.release()
+    assert Path.cwd() == root / "notebooks"
+    assert list(held.iterdir()) == []  # nothing written into the folder in use
+
+
 @pytest.mark.slow
 def test_train_returns_what_train_py_computes(tmp_path, monkeypatch):
     """Oracle: the real `python train.py` with the same overrides. The API's run lands in the
@@ -115,3 +136,29 @@ def test_train_returns_what_train_py_computes(tmp_path, monkeypatch):
     assert json.loads((run_dir / "eval.json").read_text())["test_acc"] == evaluated["test_acc"]
     with pytest.raises(ConfigError, match="which=best or which=last"):
         normlab.evaluate(run_dir, which="final")
+
+
+@pytest.mark.slow
+def test_evaluate_reads_relative_data_paths_from_the_project_root(tmp_path, monkeypatch):
+    """A saved data.root of ./data means the project's data/ for evaluate as for train, when
+    both are called from notebooks/."""
+    root = project(tmp_path)
+    write_cifar10(root / "data", train_images=200, test_images=60)
+    monkeypatch.chdir(root / "notebooks")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        results = normlab.train(
+            "data=cifar10", "data.download=false", "data.verify_checksums=false",
+            "data.val_size=40", "data.batch_size=32", "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2", "logger=none", "callbacks/diagnostics=none",
+        )  # fmt: skip
+        assert results["status"] == "completed"
+        saved = OmegaConf.load(Path(results["run_dir"]) / ".hydra" / "config.yaml")
+        assert saved.paths.root_dir == "."  # relative: resolved from the project root
+        evaluated = normlab.evaluate(results["run_dir"], which="last")
+    finally:
+        torch.set_num_threads(threads)
+    assert Path.cwd() == root / "notebooks"
+    assert not (root / "notebooks" / "data").exists()
+    assert evaluated["which"] == "last" and evaluated["test_acc"] is not None

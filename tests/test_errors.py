@@ -60,6 +60,9 @@ CASES = [
     Case("negative learning rate", "optimizer.lr=-0.01",
          ("optimizer.lr=-0.01", "must be a positive number")),
     Case("zero learning rate", "optimizer.lr=0", ("optimizer.lr=0", "positive number")),
+    Case("zero threads", "threads=0",
+         ("threads=0: torch's threads for this run must be a positive integer", "threads=4")),
+    Case("threads=auto", "threads=auto", ("threads='auto'", "or null (the default")),
     Case("zero epochs", "trainer.max_epochs=0",
          ("trainer.max_epochs=0: must be a positive integer",)),
     Case("groups not dividing channels", "model=cnn model/norm=group model.norm.num_groups=4",
@@ -70,6 +73,19 @@ CASES = [
          "model=cnn model/norm=group model.norm._target_=torch.nn.GroupNorm",
          ("the network (normlab.nn.SeedCNN) cannot be built",
           "model.norm._target_=torch.nn.GroupNorm")),
+    Case("a callback argument its constructor refuses", "callbacks.diagnostics.every_n_steps=-1",
+         ("callbacks.diagnostics.every_n_steps=-1: use a positive interval, or 0 for never.",)),
+    Case("a zero check interval", "callbacks.divergence.check_every_n_steps=0",
+         ("callbacks.divergence.check_every_n_steps=0: check_every_n_steps must be >= 1",)),
+    Case("statistics for two channels", "data.mean=[0.5,0.5]",
+         ("data.mean=[0.5, 0.5]: give one value per image channel (3",)),
+    Case("an image size the network cannot take",
+         "data=image_folder data.root={images} model.num_classes=2 data.image_size=64",
+         ("data.image_size=64: the network (SeedCNN) cannot take 64x64 images",
+          "use data.image_size=32")),
+    Case("a mean without a std for image folders",
+         "data=image_folder data.root={images} model.num_classes=2 data.mean=[0.4,0.4,0.4]",
+         ("data.mean is given but data.std is null", "Give both")),
     Case("unknown dropout placement", "model.dropout.placement=sideways",
          ("model.dropout.placement='sideways': choose one of",)),
     Case("unwritable log folder", "paths.log_dir={file}/logs",
@@ -136,6 +152,7 @@ def outcomes(tmp_path_factory) -> dict:
     checkpoint = write_lightning_checkpoint(root / "cnn.ckpt", "cnn")
     torch.save({**checkpoint, "payload": Payload()}, root / "pickled.ckpt")
     (root / "empty.ckpt").write_bytes(b"")
+    images = write_image_folder(root / "images")
     saved_run = root / "saved_run"
     (saved_run / ".hydra").mkdir(parents=True)
     OmegaConf.save(compose_config(["data=digits"]), saved_run / ".hydra" / "config.yaml")
@@ -148,6 +165,7 @@ def outcomes(tmp_path_factory) -> dict:
         "empty_checkpoint": root / "empty.ckpt",
         "missing": root / "missing",
         "saved_run": saved_run,
+        "images": images,
     }
     before = tree_digest(saved_run)
 

@@ -97,7 +97,12 @@ def runs(tmp_path_factory) -> dict:
     early_dir = root / "killed_before_first_checkpoint"
     shutil.copytree(run_dirs[0] / ".hydra", early_dir / ".hydra")
 
-    resumes = [start_train(f"resume={d}", cwd=root) for d in (killed_dir, no_rng_dir, early_dir)]
+    # verbose= says how the run reports, not what it trains: it may accompany resume=.
+    resumes = [
+        start_train(f"resume={killed_dir}", cwd=root),
+        start_train(f"resume={no_rng_dir}", cwd=root),
+        start_train(f"resume={early_dir}", "verbose=true", cwd=root),
+    ]
     resume_outputs = [finish(p) for p in resumes]
     return {
         "root": root,
@@ -139,6 +144,7 @@ def test_without_the_rng_callback_the_resumed_run_diverges(runs):
 @pytest.mark.slow
 def test_run_killed_before_its_first_checkpoint_resumes_from_the_start(runs):
     assert "from the start (no checkpoint)" in runs["resume_outputs"][2]
+    assert "model summary (model_summary.txt)" in runs["resume_outputs"][2]  # verbose=true
     assert same_weights(weights(runs["early"]), weights(runs["uninterrupted"][0]))
     assert results(runs["early"])["epochs_completed"] == EPOCHS
 

@@ -19,7 +19,7 @@ from normlab.runner import threads as threads_module
 from normlab.runner.checks import accepted_parameters, check_keys, unknown_override_hints
 from normlab.runner.console import ConsoleFormatter
 from normlab.runner.names import defining_hparams, run_name
-from normlab.runner.threads import joblib_cpu_count, parallel_jobs, threads_for_run
+from normlab.runner.threads import parallel_jobs, threads_for_run
 from normlab.training.progress import epoch_label, format_duration
 
 # ---------------------------------------------------------------- threads
@@ -45,14 +45,16 @@ def test_a_joblib_sweep_job_takes_its_share_of_the_cores(quiet_machine):
     assert parallel_jobs(hydra_cfg) == 2
     threads, why = threads_for_run(None, hydra_cfg)
     assert threads == 2 and "shared by 2 parallel jobs" in why
-    # n_jobs=-1: one job per core, so one thread each
+    # n_jobs=-1: one job per usable core (the count threads use), so one thread each
+    assert parallel_jobs(sweep_hydra("hydra.launcher.n_jobs=-1")) == 4
     assert threads_for_run(None, sweep_hydra("hydra.launcher.n_jobs=-1"))[0] == 1
 
 
 def test_joblibs_own_omp_setting_does_not_count_as_the_users(quiet_machine, monkeypatch):
     hydra_cfg = sweep_hydra("hydra.launcher.n_jobs=2")
-    # joblib's workers get OMP_NUM_THREADS = cores // n_jobs when the user set none
-    monkeypatch.setenv("OMP_NUM_THREADS", str(max(1, joblib_cpu_count() // 2)))
+    # joblib's workers get OMP_NUM_THREADS = cores // n_jobs when the user set none (joblib's
+    # count is usable_cores': here the fixture's 4)
+    monkeypatch.setenv("OMP_NUM_THREADS", str(max(1, threads_module.usable_cores() // 2)))
     assert threads_for_run(None, hydra_cfg)[1] != "set by OMP_NUM_THREADS"
 
 
@@ -71,6 +73,10 @@ def test_threads_setting_overrides_and_single_runs_use_all_free_cores(quiet_mach
 def test_run_names_come_from_the_defining_overrides():
     assert run_name(None, ["model=cnn_bn", "seed=3"]) == "model-cnn_bn+seed-3"
     assert run_name(None, ["hydra.run.dir=/x", "paths.data_dir=/d", "tags=[a,b]"]) == "default"
+    # What records or labels a run, and how it runs, names nothing: callbacks=none as
+    # logger=none, + forms included.
+    where_and_how = ["callbacks=none", "logger=none", "callbacks/diagnostics=none", "threads=2"]
+    assert run_name(None, [*where_and_how, "+callbacks.x.y=1", "verbose=true"]) == "default"
     assert run_name(None, ["model/norm=group", "data.root=/very/long/path/to/images"]) == (
         "model.norm-group+data.root-images"
     )
@@ -107,6 +113,8 @@ def test_hparams_hold_the_defining_values_not_constants():
     assert hparams["optimizer/lr"] == cfg.optimizer.lr and hparams["seed"] == 0
     assert hparams["optimizer/momentum"] == 0.5  # a key the command line set
     assert hparams["tags"] == "a,b" and hparams["trainer/max_epochs"] == 20
+    extra = defining_hparams(cfg, "x", ["+callbacks.history.print_summary=false"], choices)
+    assert not any(key.startswith("callbacks") for key in extra)
     assert not {"data/eval_batch_size", "data/mean", "paths/log_dir"} & set(hparams)
 
 
@@ -206,9 +214,10 @@ def test_a_sweep_prints_one_line_per_job_and_callbacks_none_runs(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = [line for line in proc.stdout.splitlines() if line.startswith("#")]
+    # callbacks=... says what a run records, not what it trains: not in the name (as logger=)
     assert [line.split(":")[0] for line in jobs] == [
-        "#0 data-digits+trainer.max_epochs-1+trainer.limit_train_batches-5+callbacks-default",
-        "#1 data-digits+trainer.max_epochs-1+trainer.limit_train_batches-5+callbacks-none",
+        "#0 data-digits+trainer.max_epochs-1+trainer.limit_train_batches-5",
+        "#1 data-digits+trainer.max_epochs-1+trainer.limit_train_batches-5",
     ]
     # the per-epoch lines stay in each job's train.log
     assert "epoch 1/1" not in proc.stdout

@@ -28,9 +28,9 @@ from normlab.training.checkpoints import reroot
 MARKER_CODE = "open({marker!r}, 'w')"
 
 
-def saved_run(folder: Path, compose_cfg, edit=None) -> Path:
+def saved_run(folder: Path, compose_cfg, edit=None, data: str = "digits") -> Path:
     """A run directory holding a saved config (data=digits) and optionally edited."""
-    cfg = compose_cfg(["data=digits"])
+    cfg = compose_cfg([f"data={data}"])
     container = OmegaConf.to_container(cfg, resolve=False)
     container.pop("hydra", None)
     if edit:
@@ -126,6 +126,44 @@ def test_empty_resume_is_an_error(compose_cfg):
         plan_run(cfg, ["resume="])
 
 
+def test_resume_applies_where_and_how_settings_and_refuses_the_rest(compose_cfg, tmp_path):
+    """`paths.*`, `threads=` and `verbose=` reach the resumed run (they were accepted and then
+    dropped); what would change the run, or move it out of its directory, is refused."""
+    run = saved_run(tmp_path / "run", compose_cfg, data="cifar10")
+    overrides = [f"resume={run}", "paths.data_dir=/scratch/data", "threads=1", "verbose=true"]
+    plan = plan_run(compose_cfg(["data=cifar10", *overrides]), overrides)
+    assert plan.resumed and plan.config.threads == 1 and plan.config.verbose is True
+    # The saved data.root is ${paths.data_dir}: it follows the data to its new place.
+    assert OmegaConf.select(plan.config, "data.root") == "/scratch/data"
+    assert plan.config.paths.output_dir == str(run)
+    root = ["paths.root_dir=/elsewhere"]  # an interpolation's source, resolved in the run
+    plan = plan_run(compose_cfg(["data=cifar10", f"resume={run}", *root]), [f"resume={run}", *root])
+    assert OmegaConf.select(plan.config, "data.root") == "/elsewhere/data"
+    for extra, says in (
+        ("optimizer.lr=1", "optimizer.lr=1 would change it"),
+        ("callbacks.divergence.max_loss=10", "would change it"),
+        ("tags=[x]", "would change it"),
+        (f"hydra.run.dir={tmp_path / 'else'}", "continues the run in its own directory"),
+        ("paths.output_dir=/else", "paths.output_dir=/else would put it"),
+    ):
+        overrides = [f"resume={run}", extra]
+        with pytest.raises(ConfigError, match=says):
+            plan_run(compose_cfg(["data=cifar10", *overrides]), overrides)
+
+
+def test_damaged_saved_overrides_get_a_clear_error_or_none(compose_cfg, tmp_path):
+    run = saved_run(tmp_path / "run", compose_cfg)
+    cfg = compose_cfg(["data=digits", f"resume={run}"])
+    path = run / ".hydra" / "overrides.yaml"
+    path.write_text("- model=cnn_bn\n- seed=3\n")
+    assert plan_run(cfg, [f"resume={run}"]).overrides == ["model=cnn_bn", "seed=3"]
+    path.write_text("a: [\n")
+    with pytest.raises(ConfigError, match=r"its saved overrides .* cannot be read \(ParserError"):
+        plan_run(cfg, [f"resume={run}"])
+    path.write_text("model: cnn_bn\n")  # not the list Hydra writes: no overrides, not a crash
+    assert plan_run(cfg, [f"resume={run}"]).overrides == []
+
+
 def write_checkpoint(path: Path, epoch: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": {}, "epoch": epoch, "global_step": 10 * epoch}, path)
@@ -145,6 +183,19 @@ def test_resume_falls_back_to_the_newest_readable_checkpoint(compose_cfg, tmp_pa
     write_json(run / "results.json", {"status": "completed"})
     with pytest.raises(ConfigError, match="this run has completed"):
         plan_run(cfg, [f"resume={run}"])
+
+
+def test_history_from_a_damaged_last_checkpoint_is_empty_not_an_error(tmp_path):
+    """Read while a failed run records its results: the run's own error must stay the one
+    reported."""
+    folder = tmp_path / "checkpoints"
+    epochs = [{"val/acc": 0.5}, {"val/acc": 0.6}]
+    write_checkpoint(folder / "last.ckpt", 1)
+    state = torch.load(folder / "last.ckpt", weights_only=True)
+    torch.save({**state, "callbacks": {"MetricHistory": {"epochs": epochs}}}, folder / "last.ckpt")
+    assert rundir.history_from_last_checkpoint([folder]) == epochs
+    (folder / "last.ckpt").write_bytes(b"PK\x03 truncated")
+    assert rundir.history_from_last_checkpoint([folder]) == []
 
 
 def test_a_run_folder_is_locked_and_an_existing_run_is_not_overwritten(tmp_path):
@@ -176,6 +227,9 @@ def test_a_run_folder_is_locked_and_an_existing_run_is_not_overwritten(tmp_path)
         ("optimizer.lr=nan", "optimizer.lr=nan: the learning rate must be a positive number"),
         ("optimizer.lr=inf", "optimizer.lr=inf"),
         ("data.std=[0.5,0,0.5]", "data.std=[0.5, 0, 0.5]: every channel's value must be"),
+        ("threads=-1", "threads=-1: torch's threads for this run must be a positive integer"),
+        ("threads=true", "threads=True: torch's threads"),
+        ("threads=2.5", "threads=2.5: torch's threads"),
         ("data.train_size=1", "data.train_size=1 is smaller than data.batch_size=32"),
         ("data.train_size=0", "data.train_size=0: must be a positive integer"),
         ("+trainer.limit_train_batches=0", "trainer.limit_train_batches=0: the run would train"),
@@ -184,6 +238,75 @@ def test_a_run_folder_is_locked_and_an_existing_run_is_not_overwritten(tmp_path)
 def test_out_of_range_and_no_batch_values_are_refused(compose_cfg, override, says):
     with pytest.raises(ConfigError) as err:
         checks.check_values(compose_cfg(["data=digits", override]))
+    assert says in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        (["data.mean=[0.5,0.5]"], "data.mean=[0.5, 0.5]: give one value per image channel (3"),
+        (["data.std=0.5"], "data.std=[0.5]: give one value per image channel"),
+        (["data=cifar10", "data.mean=null"], "data.mean=null: normlab.data.CIFAR10DataModule does"),
+        # image_folder computes both from the images when null, and used a lone one for nothing
+        (["data=image_folder", "data.std=[0.2,0.2,0.2]"], "data.std is given but data.mean is"),
+        (["data=image_folder", "data.mean=[0.5,0.5]", "data.std=[0.2,0.2]"], "one value per"),
+        (["data=image_folder", "data.image_size=0"], "data.image_size=0: must be a positive"),
+    ],
+)
+def test_normalization_statistics_fit_the_images(compose_cfg, overrides, says):
+    with pytest.raises(ConfigError) as err:
+        checks.check_values(compose_cfg(["data=digits", *overrides]))
+    assert says in str(err.value)
+
+
+def test_statistics_may_be_computed_where_the_data_module_computes_them(compose_cfg):
+    checks.check_values(compose_cfg(["data=image_folder"]))  # both null
+    both = ["data=image_folder", "data.mean=[0.4,0.4,0.4]", "data.std=[0.2,0.2,0.2]"]
+    checks.check_values(compose_cfg(both))
+
+
+def test_image_sizes_the_network_cannot_take_are_refused(compose_cfg, tmp_path):
+    from conftest import write_image_folder
+
+    root = write_image_folder(tmp_path / "images", classes=tuple("abcdefghij"))
+
+    def check(*overrides: str) -> None:
+        cfg = compose_cfg(["data=image_folder", f"data.root={root}", *overrides])
+        checks.check_run(plan_run(cfg, []))
+
+    check("data.image_size=32")
+    check("data.image_size=35")  # SeedCNN: still 5x5 maps after its two pools
+    check("model=vgg11_slim", "data.image_size=48")  # VGG: 1x1 after five pools up to 63
+    with pytest.raises(ConfigError, match=r"data.image_size=64: the network \(SeedCNN\)"):
+        check("data.image_size=64")
+    with pytest.raises(ConfigError, match=r"data.image_size=16: the network \(VGG\)"):
+        check("model=vgg11_slim", "data.image_size=16")
+    synthetic = compose_cfg(["data=synthetic", "+data.image_size=64"])
+    with pytest.raises(ConfigError, match="data.image_size=64"):
+        checks.check_run(plan_run(synthetic, []))
+
+
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        (
+            "callbacks.divergence.check_every_n_steps=0",
+            "callbacks.divergence.check_every_n_steps=0: ",
+        ),
+        ("callbacks.diagnostics.every_n_epochs=-2", "callbacks.diagnostics.every_n_epochs=-2: use"),
+        (
+            "callbacks.lr_monitor.logging_interval=hourly",
+            "callbacks.lr_monitor.logging_interval='hourly': ",
+        ),
+        (
+            "callbacks.last_checkpoint.every_n_epochs=-1",
+            "callbacks.last_checkpoint.every_n_epochs=-1",
+        ),
+    ],
+)
+def test_callback_arguments_their_constructors_refuse_are_named(compose_cfg, override, says):
+    with pytest.raises(ConfigError) as err:
+        checks.check_run(plan_run(compose_cfg(["data=digits", override]), []))
     assert says in str(err.value)
 
 

@@ -18,8 +18,13 @@ _RESOLVERS = {
     # `${pid:}` keeps run directories apart when two runs start in the same second; cached, so
     # the joblib launcher's workers reuse the main process's value and a sweep keeps one folder.
     "pid": (lambda: os.getpid(), True),
-    # `hydra.run.dir`: a resumed run's own directory (`resume=<run dir>`), or a new one.
-    "run_dir": (lambda resume, new_dir: str(resume) if resume else new_dir, False),
+    # `hydra.run.dir`: a resumed run's own directory (`resume=<run dir>`), or a new one. `~`
+    # expanded here because Hydra does not expand it in output folders (normlab's checks and
+    # locks do, normlab.files.absolute_path).
+    "run_dir": (
+        lambda resume, new_dir: os.path.expanduser(str(resume) if resume else str(new_dir)),
+        False,
+    ),
     # `hydra.output_subdir`: a resumed run keeps the `.hydra/` it was started with.
     "config_subdir": (lambda resume: None if resume else ".hydra", False),
     # `${run_name:${name},${hydra.overrides.task}}`: `model-cnn_bn+seed-3` (normlab.runner.names).

@@ -26,11 +26,19 @@ class DiskFullError(NormlabError):
     """No space left on the device that holds a run's folder."""
 
 
+def absolute_path(path: str | Path) -> Path:
+    """`path` with `~` expanded, made absolute the way Hydra makes its output folders
+    (os.path.abspath: `a/../b` becomes `b`, symbolic links are kept). Every folder normlab
+    locks or checks goes through here, so that one folder has one name whatever its spelling
+    on the command line."""
+    return Path(os.path.abspath(os.path.expanduser(path)))
+
+
 def disk_full(folder: str | Path, what: str = "") -> DiskFullError:
     folder = Path(folder)
     try:
-        free = os.statvfs(folder if folder.exists() else folder.parent).f_bavail
-        free *= os.statvfs(folder if folder.exists() else folder.parent).f_frsize
+        stats = os.statvfs(folder if folder.exists() else folder.parent)
+        free = stats.f_bavail * stats.f_frsize
         left = f" ({free / 2**20:.1f} MiB free)"
     except OSError:
         left = ""

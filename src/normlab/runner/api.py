@@ -99,26 +99,43 @@ def train(
     with _project_root(conf.parent), _hydra(conf) as hydra:
         from hydra.types import RunMode
 
+        from normlab.runner.checks import check_single_run, checked_by_caller
+        from normlab.runner.rundir import claim_run_dir, release_folder
+
         cfg = _compose(hydra, conf, config_name, overrides_list, RunMode.RUN)
         cfg.hydra.mode = RunMode.RUN
-        from normlab.runner.checks import check_single_run
-
-        check_single_run(cfg)  # raises: Preflight would print and exit instead
-        results = _run(hydra, cfg, config_name)
+        # What the Preflight callback does for train.py, raising instead of exiting: the
+        # checks, then the run directory created and locked.
+        plan = check_single_run(cfg)
+        run_dir = Path(str(cfg.hydra.run.dir))
+        claim_run_dir(run_dir, plan.resumed)
+        try:
+            with checked_by_caller():  # Preflight, among Hydra's callbacks, stands aside
+                results = _run(hydra, cfg, config_name)
+        finally:
+            release_folder(run_dir)  # also when Hydra failed before the run could
     return results
 
 
 def evaluate(
     run_dir: str | Path,
-    which: str = "best",
     *overrides: str,
+    which: str = "best",
     config_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Re-test a finished run with its own saved config, as `python eval.py run=<run_dir>`.
 
-    `which`: "best" (the checkpoint results.json's test_acc used) or "last". Overrides apply
-    on top of the run's config (e.g. "data.eval_batch_size=500"). Writes and returns
-    eval.json's contents.
+    Args:
+        run_dir: the run's directory (`results["run_dir"]` of `normlab.train`).
+        overrides: applied on top of the run's config, e.g. "data.eval_batch_size=500".
+        which: "best" (the checkpoint results.json's test_acc used) or "last".
+        config_dir: the `conf/` folder; by default found from the current directory upwards.
+
+    Returns:
+        eval.json's contents (also written into the run directory).
+
+    Raises:
+        NormlabError: a run directory, checkpoint or setting that cannot work.
     """
     from hydra.types import RunMode
     from omegaconf import open_dict
@@ -126,15 +143,18 @@ def evaluate(
     conf = find_config_dir(config_dir)
     run_dir = Path(run_dir).expanduser().resolve()
     _refuse_sweeps(list(overrides))
-    with _project_root(conf.parent), _hydra(conf) as hydra:
-        cfg = _compose(
-            hydra, conf, "eval", [f"run={run_dir}", f"which={which}", *overrides], RunMode.RUN
-        )
-    with open_dict(cfg):
-        del cfg["hydra"]  # eval.py's own log folder is not needed: the result is eval.json
-    from normlab.runner.evaluate import evaluate as evaluate_run
+    with _project_root(conf.parent):
+        with _hydra(conf) as hydra:
+            cfg = _compose(
+                hydra, conf, "eval", [f"run={run_dir}", f"which={which}", *overrides], RunMode.RUN
+            )
+        with open_dict(cfg):
+            del cfg["hydra"]  # eval.py's own log folder is not needed: the result is eval.json
+        from normlab.runner.evaluate import evaluate as evaluate_run
 
-    return evaluate_run(cfg, list(overrides))
+        # Inside the project root, as the run trained: its saved relative paths (data.root
+        # ./data/...) mean the same folders.
+        return evaluate_run(cfg, list(overrides))
 
 
 def _refuse_sweeps(overrides: Sequence[str]) -> None:

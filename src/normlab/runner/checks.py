@@ -20,24 +20,28 @@ import inspect
 import math
 import numbers
 import os
+import re
 import shutil
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from normlab.errors import ConfigError, NormlabError
+from normlab.files import absolute_path
 from normlab.runner.build import build_network, network_spec
+from normlab.runner.console import in_multirun
 from normlab.runner.rundir import (
     RunPlan,
     check_architecture,
@@ -48,6 +52,7 @@ from normlab.runner.rundir import (
     lock_folder,
     plan_run,
     secondary_rank,
+    walk_targets,
 )
 
 # Lightning's seed_everything accepts 0 .. 2**32 - 1 (numpy's seed range).
@@ -56,6 +61,16 @@ MAX_SEED = 2**32 - 1
 INSTANTIATE_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
 # Keys the runner reads itself instead of passing them to the node's target.
 RUNNER_KEYS = {"model.dropout": {"placement"}}
+# Every data module loads images as RGB.
+IMAGE_CHANNELS = 3
+# The side of the images of the datasets that have no data.image_size (CIFAR-10, digits):
+# the size normlab's networks are built for.
+IMAGE_SIZE = 32
+# Callbacks whose constructors only check and store their arguments: built during the checks,
+# so that a bad argument is named before the run starts. Others (a researcher's own) are left
+# to the run, as building them might do more.
+CHECKED_CALLBACKS = ("normlab.", "lightning.pytorch.callbacks.")
+_ABSENT = object()
 
 
 def check_run(plan: RunPlan, multirun: bool = False, launcher: str = "") -> nn.Module:
@@ -70,7 +85,9 @@ def check_run(plan: RunPlan, multirun: bool = False, launcher: str = "") -> nn.M
     check_classes(cfg)
     check_distributed(cfg, multirun, launcher)
     check_keys(cfg)
+    check_callbacks(cfg)
     net = check_network(cfg.model)
+    check_image_size(cfg, net)
     if plan.checkpoint is not None:
         checkpoint = load_checkpoint(plan.checkpoint, plan.checkpoint_key)
         check_architecture(checkpoint, net, plan.checkpoint, plan.checkpoint_key)
@@ -83,6 +100,109 @@ def check_network(model_cfg: DictConfig) -> nn.Module:
         return build_network(model_cfg, device="meta")
     except Exception as err:
         raise network_error(model_cfg, err) from None
+
+
+def check_image_size(cfg: DictConfig, net: nn.Module) -> None:
+    """The network (on the meta device: shapes only) takes images of data.image_size.
+
+    SeedCNN's classifier expects the 5x5 maps of a 32x32 image, VGG's the 1x1 maps left after
+    its pools: another size fails at the first batch, after the run directory was written.
+    """
+    size = OmegaConf.select(cfg, "data.image_size")
+    if size is None:
+        return  # a dataset of its own fixed size (CIFAR-10, digits: 32x32)
+    err = forward_error(net, size)
+    # A network that fails at the size it was built for too cannot run on the meta device at
+    # all (a researcher's own layer): that says nothing about the size.
+    if err is None or size == IMAGE_SIZE or forward_error(net, IMAGE_SIZE) is not None:
+        return
+    first_line = (str(err).splitlines() or [""])[0].rstrip(".")
+    raise ConfigError(
+        f"data.image_size={size}: the network ({type(net).__name__}) cannot take {size}x{size} "
+        f"images ({type(err).__name__}: {first_line}). Its layers are sized for one input "
+        f"size, and it takes {IMAGE_SIZE}x{IMAGE_SIZE} images (CIFAR-10's size): use "
+        f"data.image_size={IMAGE_SIZE}, or a network whose classifier adapts to the image size."
+    )
+
+
+def forward_error(net: nn.Module, size: int) -> Exception | None:
+    """What a forward pass of one `size`x`size` RGB image raises on the meta device (None when
+    it passes). In eval mode: a batch of one is fine for batch norm there."""
+    training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            net(torch.empty(1, IMAGE_CHANNELS, size, size, device="meta"))
+    except Exception as err:
+        return err
+    finally:
+        net.train(training)
+    return None
+
+
+def check_callbacks(cfg: DictConfig) -> None:
+    """Build normlab's and Lightning's callbacks once, so that an argument their constructor
+    refuses (callbacks.divergence.check_every_n_steps=0) is named now, not by a Hydra
+    traceback once the run directory exists. Arguments that resolve only once the run does
+    (`${paths.output_dir}/checkpoints`) are left to their defaults here."""
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if not isinstance(node, DictConfig) or node.get("_partial_"):
+            continue
+        target = OmegaConf.select(node, "_target_", default=None)
+        if not isinstance(target, str) or not target.startswith(CHECKED_CALLBACKS):
+            continue
+        try:
+            callback_class = get_class(target)
+        except Exception:
+            continue  # check_keys names a target that cannot be imported
+        arguments = plain_arguments(node)
+        if arguments is None:
+            continue
+        try:
+            callback_class(**arguments)
+        except Exception as err:
+            raise callback_error(f"callbacks.{name}", target, arguments, err) from None
+
+
+def plain_arguments(node: DictConfig) -> dict[str, Any] | None:
+    """A callback node's constructor arguments, resolved; those that resolve only once the run
+    exists are left out (their defaults stand in). None when an argument is itself an object
+    to build: the checks do not build it."""
+    arguments = {}
+    for key in node:
+        if key in INSTANTIATE_KEYS:
+            continue
+        try:
+            value = node[key]
+            if OmegaConf.is_config(value):
+                value = OmegaConf.to_container(value, resolve=True)
+        except Exception:
+            continue
+        if any(True for _ in walk_targets(value)):
+            return None
+        arguments[str(key)] = value
+    return arguments
+
+
+def callback_error(
+    path: str, target: str, arguments: Mapping[str, Any], err: Exception
+) -> ConfigError:
+    """One paragraph for a callback's constructor refusing its arguments, naming the key when
+    its message names one of them."""
+    message = str(err).rstrip(".")
+    for key in sorted(arguments, key=len, reverse=True):
+        if message.startswith(f"{key}="):
+            return ConfigError(f"{path}.{message}.")
+    for key in sorted(arguments, key=len, reverse=True):
+        if re.search(rf"\b{re.escape(key)}\b", message):
+            return ConfigError(
+                f"{path}.{key}={arguments[key]!r}: {message}. Set another value ({path}.{key}=...)."
+            )
+    settings = ", ".join(f"{path}.{key}={value!r}" for key, value in arguments.items())
+    return ConfigError(
+        f"{path} ({target}) cannot be built: {type(err).__name__}: {message}. Its settings: "
+        f"{settings or 'none'}; `python train.py --cfg job` prints every setting."
+    )
 
 
 def network_error(model_cfg: DictConfig, err: Exception) -> ConfigError:
@@ -179,16 +299,46 @@ def check_values(cfg: DictConfig) -> None:
             f"optimizer.lr={lr!r}: the learning rate must be a positive number (finite), "
             "e.g. optimizer.lr=0.05 (SGD) or optimizer.lr=1e-3 (AdamW)."
         )
+    threads = cfg.get("threads")
+    if threads is not None and (
+        not isinstance(threads, int) or isinstance(threads, bool) or threads < 1
+    ):
+        raise ConfigError(
+            f"threads={threads!r}: torch's threads for this run must be a positive integer, "
+            "e.g. threads=4, or null (the default: chosen from the cores the run may use, "
+            "logged as it starts)."
+        )
     seed = cfg.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
         raise ConfigError(
             f"seed={seed!r}: the seed must be an integer from 0 to {MAX_SEED} (the range "
             "Lightning's seed_everything accepts), e.g. seed=0."
         )
+    check_statistics(cfg)
+    positive_int_if_given(cfg, "data.image_size", "the side of the square images, in pixels", 32)
+    check_training_batches(cfg)
+
+
+def check_statistics(cfg: DictConfig) -> None:
+    """data.mean and data.std: one finite value per image channel (std above 0). null only
+    where the data module computes them from the training images (data=image_folder), and
+    then for both or neither: it uses given statistics only as a pair."""
+    computes = computes_statistics(cfg)
+    null_hint = "; null computes it from the training images" if computes else ""
+    given = {}
     for key in ("data.mean", "data.std"):
-        values = OmegaConf.select(cfg, key)
+        values = OmegaConf.select(cfg, key, default=_ABSENT)
+        if values is _ABSENT:
+            continue  # the data module's own default
+        given[key] = values
         if values is None:
-            continue  # computed from the training images
+            if computes is False:
+                raise ConfigError(
+                    f"{key}=null: {cfg.data._target_} does not compute normalization "
+                    f"statistics; give one value per image channel, e.g. {key}=[0.5,0.5,0.5] "
+                    "(its config file has the dataset's own)."
+                )
+            continue
         values = list(values) if OmegaConf.is_list(values) else [values]
         bad = [v for v in values if not is_number(v) or not math.isfinite(v)]
         if key == "data.std":
@@ -197,9 +347,35 @@ def check_values(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"{key}={values}: every channel's value must be a finite number"
                 + (" above 0 (images are divided by it)" if key == "data.std" else "")
-                + f", e.g. {key}=[0.5,0.5,0.5]; null computes it from the training images."
+                + f", e.g. {key}=[0.5,0.5,0.5]{null_hint}."
             )
-    check_training_batches(cfg)
+        if len(values) != IMAGE_CHANNELS:
+            raise ConfigError(
+                f"{key}={values}: give one value per image channel ({IMAGE_CHANNELS}: red, "
+                f"green, blue; every dataset is loaded as RGB), e.g. {key}=[0.5,0.5,0.5]"
+                f"{null_hint}."
+            )
+    # Left out, they default to null there too.
+    mean, std = given.get("data.mean"), given.get("data.std")
+    if computes and (mean is None) != (std is None):
+        lone, other = ("data.mean", "data.std") if std is None else ("data.std", "data.mean")
+        raise ConfigError(
+            f"{lone} is given but {other} is null: {cfg.data._target_} uses given statistics "
+            f"only as a pair, and would compute both from the training images, ignoring "
+            f"{lone}. Give both ({lone}=... {other}=..., one value per channel) or neither."
+        )
+
+
+def computes_statistics(cfg: DictConfig) -> bool | None:
+    """Whether the data module computes data.mean/std when they are null (its `mean`
+    parameter defaults to None); None when its class cannot be imported (check_keys says
+    so)."""
+    try:
+        data_class = get_class(str(OmegaConf.select(cfg, "data._target_")))
+        parameter = inspect.signature(data_class.__init__).parameters.get("mean")
+    except Exception:
+        return None
+    return parameter is not None and parameter.default is None
 
 
 def check_training_batches(cfg: DictConfig) -> None:
@@ -221,6 +397,11 @@ def check_training_batches(cfg: DictConfig) -> None:
             f"the run would train on nothing. Use data.batch_size={max(train_size, 2)} or "
             f"data.train_size={batch_size} or more."
         )
+
+
+def positive_int_if_given(cfg: DictConfig, key: str, meaning: str, example: int) -> None:
+    if OmegaConf.select(cfg, key) is not None:
+        positive_int(cfg, key, meaning, example)
 
 
 def positive_int(cfg: DictConfig, key: str, meaning: str, example: int) -> None:
@@ -421,15 +602,28 @@ def unknown_option_hint(group: str, value: Any, config_dir: Path) -> str | None:
     )
 
 
-def check_paths(run_dir: str | Path, data_root: str | Path | None) -> None:
-    """The run directory can be created, and the data folder read or created."""
+def check_paths(
+    run_dir: str | Path, data_root: str | Path | None, key: str = "hydra.run.dir"
+) -> None:
+    """The run (or sweep) directory can be created, and the data folder read or created.
+
+    `run_dir` is Hydra's output folder as configured (`key` names the setting).
+    """
+    if str(run_dir).startswith("~"):
+        # Hydra makes its output folders absolute without expanding `~`: the run would go
+        # into a folder named `~` inside the current directory.
+        raise ConfigError(
+            f"{key}={run_dir}: Hydra does not expand ~ in its output folders, so the run "
+            "would go into a folder named '~' in the current directory. Write the home "
+            "folder out: $HOME/... (the shell expands it), e.g. paths.log_dir=$HOME/logs."
+        )
     if not can_create(Path(run_dir)):
         raise ConfigError(
             f"cannot create the run directory {run_dir}: {blocker(Path(run_dir))}. Point "
             "paths.log_dir at a writable folder, e.g. paths.log_dir=$HOME/normlab-logs."
         )
     if data_root is not None:
-        root = Path(data_root).expanduser()
+        root = absolute_path(data_root)
         if root.exists() and not (root.is_dir() and os.access(root, os.R_OK | os.X_OK)):
             raise ConfigError(
                 f"data.root={data_root} is not a readable folder. Point data.root (or "
@@ -449,7 +643,7 @@ def can_create(path: Path) -> bool:
 
 def blocker(path: Path) -> str:
     """Why `path` cannot be created as a directory ("" when it can or already is one)."""
-    path = path.expanduser().absolute()
+    path = absolute_path(path)
     for candidate in (path, *path.parents):
         if candidate.exists():
             if not candidate.is_dir():
@@ -463,11 +657,28 @@ def blocker(path: Path) -> str:
 # --- the Hydra callback -------------------------------------------------------------------
 
 
+# Set while normlab.train (the Python API) runs Hydra's callbacks: it has run the checks and
+# claimed the run directory itself, raising on failure, because Preflight can only exit.
+_checked_by_caller: ContextVar[bool] = ContextVar("normlab_checked_by_caller", default=False)
+
+
+@contextlib.contextmanager
+def checked_by_caller() -> Iterator[None]:
+    """Within the block Preflight skips a single run: the caller did what it would do."""
+    token = _checked_by_caller.set(True)
+    try:
+        yield
+    finally:
+        _checked_by_caller.reset(token)
+
+
 class Preflight(Callback):
     """Runs the checks before Hydra creates anything (see conf/hydra/default.yaml); then
     creates and locks the run (or sweep) directory, so no other process writes into it."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if _checked_by_caller.get():
+            return
         with exit_before_the_run():
             plan = check_single_run(config)
             claim_run_dir(Path(str(config.hydra.run.dir)), plan.resumed)
@@ -480,7 +691,7 @@ class Preflight(Callback):
                     "on its own, e.g. python train.py resume=logs/multiruns/<sweep>/<job>."
                 )
             sweep_dir = Path(str(config.hydra.sweep.dir))
-            check_paths(sweep_dir, None)
+            check_paths(sweep_dir, None, key="hydra.sweep.dir")
             check_distributed(config, multirun=True, launcher=launcher_target(config.hydra))
             check_space(sweep_dir, None)
             refuse_used_sweep_dir(sweep_dir)
@@ -513,7 +724,8 @@ LOG_BYTES = 5 * 2**20
 
 def check_space(folder: Path, net: nn.Module | None) -> None:
     """ConfigError when the disk holding `folder` has less room than a run's checkpoints."""
-    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
+    folder = absolute_path(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
     free = shutil.disk_usage(existing).free
     weights = sum(p.numel() * p.element_size() for p in net.parameters()) if net else 0
     # weights, optimizer state (momentum) and gradients' worth of each checkpoint, three files
@@ -605,7 +817,7 @@ def checked_by_preflight() -> bool:
     targets = {
         str(node.get("_target_", "")) for node in (hydra_cfg.get("callbacks") or {}).values()
     }
-    return hydra_cfg.mode == RunMode.RUN and f"{__name__}.Preflight" in targets
+    return not in_multirun(hydra_cfg) and f"{__name__}.Preflight" in targets
 
 
 @contextlib.contextmanager

@@ -9,6 +9,8 @@ a sweep only one line per job (the job's final figures) plus warnings and errors
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -57,8 +59,15 @@ class SweepConsole(logging.Filter):
         return record.name == JOB_SUMMARY or record.name.startswith("hydra")
 
 
-def in_multirun() -> bool:
+def in_multirun(hydra_cfg: Mapping[str, Any] | None = None) -> bool:
+    """Whether `hydra_cfg` (a config's `hydra` node; by default this process's, when Hydra
+    runs it) belongs to a --multirun. Never raises: a logging filter and error paths ask."""
     try:
-        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+        if hydra_cfg is None:
+            if not HydraConfig.initialized():
+                return False
+            hydra_cfg = HydraConfig.get()
+        mode = hydra_cfg.get("mode")
+        return mode == RunMode.MULTIRUN or str(mode) == "MULTIRUN"
     except Exception:
         return False

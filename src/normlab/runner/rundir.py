@@ -32,16 +32,15 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from normlab.errors import ConfigError
-from normlab.files import FolderLock, reraise_disk_full
+from normlab.errors import ConfigError, NormlabError
+from normlab.files import FolderLock, absolute_path, reraise_disk_full
+from normlab.runner.names import is_run_setting, override_key
 
 log = logging.getLogger("normlab")
 
 CONFIG = Path(".hydra") / "config.yaml"
 OVERRIDES = Path(".hydra") / "overrides.yaml"
 CHECKPOINTS = {"best": Path("checkpoints") / "best.ckpt", "last": Path("checkpoints") / "last.ckpt"}
-# Overrides that may accompany resume=: where things are, not what is trained.
-NEUTRAL_PREFIXES = ("resume=", "hydra.", "paths.")
 # The network's weights inside the LightningModule's state dict (`ImageClassifier.net`).
 NET_PREFIX = "net."
 # What a saved config may instantiate without the checkout's conf/ naming it: normlab's own
@@ -119,7 +118,8 @@ def saved_config(run_dir: str | Path, key: str) -> DictConfig:
     check_trusted_targets(cfg, f"{key}={run_dir}", path)
     with open_dict(cfg):
         # Saved as ${hydra:runtime.output_dir}, which would now name another directory.
-        cfg.paths.output_dir = str(run_dir)
+        # Absolute, as Hydra's own output_dir: the folder's lock goes by that name.
+        cfg.paths.output_dir = str(absolute_path(run_dir))
     return cfg
 
 
@@ -285,25 +285,79 @@ def plan_run(cfg: DictConfig, overrides: list[str]) -> RunPlan:
     if not cfg.get("resume"):
         return RunPlan(cfg, overrides, user_checkpoint(cfg.get("ckpt_path")), "ckpt_path", False)
     resume = cfg.resume
-    changed = [o for o in overrides if not o.startswith(NEUTRAL_PREFIXES)]
+    changed = [o for o in overrides if not is_run_setting(o)]
     saved = saved_config(resume, "resume")
     if changed:
         raise ConfigError(
             f"resume= continues a run exactly as it was configured, but {' '.join(changed)} "
-            "would change it. Drop those overrides, or start a new run from the checkpoint "
-            f"with ckpt_path={Path(resume) / CHECKPOINTS['last']} plus your overrides."
+            "would change it. Drop those overrides (only where and how it runs may change: "
+            "paths.*, threads=, verbose= and hydra.* settings), or start a new run from the "
+            f"checkpoint with ckpt_path={Path(resume) / CHECKPOINTS['last']} plus your overrides."
         )
     run_dir = Path(resume).expanduser()
+    moved = [o for o in overrides if override_key(o) in ("hydra.run.dir", "paths.output_dir")]
+    if moved:
+        raise ConfigError(
+            f"resume={run_dir} continues the run in its own directory, but {moved[0]} would "
+            "put it (or part of it) elsewhere. Drop it; to continue the run in another place, "
+            "copy or move its directory there and resume that."
+        )
     if read_results(run_dir).get("status") == "completed":
         raise ConfigError(
             f"resume={run_dir}: this run has completed (results.json says so); there is "
             f"nothing to continue. Re-test it with python eval.py run={run_dir}, or start a new "
             "run to train longer."
         )
-    original = OmegaConf.load(run_dir / OVERRIDES) if (run_dir / OVERRIDES).is_file() else []
+    apply_run_settings(saved, cfg, overrides)
     # Killed before its first checkpoint: the run starts again from step 0, in its directory.
     checkpoint, note = resume_checkpoint(run_dir)
-    return RunPlan(saved, [str(o) for o in original], checkpoint, "resume", True, note)
+    return RunPlan(saved, saved_overrides(run_dir, "resume"), checkpoint, "resume", True, note)
+
+
+def saved_overrides(run_dir: Path, key: str) -> list[str]:
+    """The command-line overrides a run was started with (`.hydra/overrides.yaml`): its name
+    and results.json's record. [] when the file is absent or holds no list (they describe
+    the run, nothing is built from them); ConfigError when it cannot be read at all."""
+    path = run_dir / OVERRIDES
+    if not path.is_file():
+        return []
+    try:
+        original = OmegaConf.load(path)
+    except Exception as err:  # a YAML syntax error, a binary file, no permission
+        first_line = (str(err).splitlines() or [""])[0]
+        raise ConfigError(
+            f"{key}={run_dir}: its saved overrides {path} cannot be read "
+            f"({type(err).__name__}: {first_line}). The run directory is damaged; restore "
+            ".hydra/overrides.yaml from a copy, or delete it (the run then keeps its config "
+            "but is named 'default')."
+        ) from None
+    if not OmegaConf.is_list(original):
+        return []
+    return [str(o) for o in original]
+
+
+def apply_run_settings(saved: DictConfig, composed: DictConfig, overrides: list[str]) -> None:
+    """Put the overrides that accompany resume= (`paths.data_dir=...`, `threads=4`) onto the
+    run's saved config, with the values Hydra composed them to in `composed`. Unresolved: an
+    interpolation (`${paths.root_dir}/data`) then resolves within the resumed run's config.
+    `hydra.*` settings are Hydra's own and already apply; the output folder stays pinned."""
+    pinned = saved.paths.output_dir  # the run's own directory (saved_config)
+    for override in overrides:
+        key = override_key(override).replace("/", ".")
+        if key == "resume" or key == "hydra" or key.startswith("hydra."):
+            continue
+        parent, _, leaf = key.rpartition(".")
+        if str(override).startswith("~"):
+            node = OmegaConf.select(saved, parent) if parent else saved
+            if isinstance(node, DictConfig) and leaf in node:
+                with open_dict(node):
+                    del node[leaf]
+            continue
+        source = OmegaConf.select(composed, parent) if parent else composed
+        value = OmegaConf.to_container(source, resolve=False)[leaf]
+        OmegaConf.update(saved, key, value, merge=False, force_add=True)
+    with open_dict(saved):
+        saved.paths.output_dir = pinned  # `paths=<option>` replaces the whole node
 
 
 def resume_checkpoint(run_dir: Path) -> tuple[Path | None, str]:
@@ -456,12 +510,19 @@ def history_from_last_checkpoint(checkpoint_dirs: list[Path]) -> list[dict[str, 
 
     Under `strategy=ddp_spawn` training happens in child processes, and the MetricHistory of
     the process that writes results.json never sees an epoch; the checkpoint holds them.
+    [] when the file cannot be read: this runs while a failed run records its results, and
+    a damaged last.ckpt must not replace the error that stopped the run.
     """
     for folder in checkpoint_dirs:
         path = Path(folder) / CHECKPOINTS["last"].name
         if path.is_file():
-            states = load_checkpoint(path, "checkpoint").get("callbacks", {})
-            return list(states.get("MetricHistory", {}).get("epochs", []))
+            try:
+                states = load_checkpoint(path, "checkpoint").get("callbacks")
+            except NormlabError:
+                return []
+            history = states.get("MetricHistory") if isinstance(states, dict) else None
+            epochs = history.get("epochs") if isinstance(history, dict) else None
+            return list(epochs) if isinstance(epochs, list) else []
     return []
 
 
@@ -483,10 +544,10 @@ def secondary_rank() -> bool:
 RANK_VARIABLES = ("LOCAL_RANK", "RANK", "NODE_RANK", "SLURM_PROCID")
 
 
-def lock_folder(folder: Path, what: str, key: str) -> None:
+def lock_folder(folder: str | Path, what: str, key: str) -> None:
     """Hold `folder`'s lock until this process ends (or `release_folder`); ConfigError when
     another process holds it."""
-    folder = Path(folder).expanduser().absolute()
+    folder = absolute_path(folder)
     if folder in _claims:
         return
     with reraise_disk_full(folder.parent, f"could not create {folder.name}"):
@@ -501,12 +562,9 @@ def lock_folder(folder: Path, what: str, key: str) -> None:
     _claims[folder] = lock
 
 
-def held_here(folder: Path) -> bool:
-    return Path(folder).expanduser().absolute() in _claims
-
-
-def release_folder(folder: Path) -> None:
-    lock = _claims.pop(Path(folder).expanduser().absolute(), None)
+def release_folder(folder: str | Path) -> None:
+    """Let go of `folder`'s lock, if this process holds it."""
+    lock = _claims.pop(absolute_path(folder), None)
     if lock is not None:
         lock.release()
 
@@ -519,7 +577,7 @@ def claim_run_dir(run_dir: str | Path, resumed: bool, key: str = "hydra.run.dir"
     """
     if secondary_rank():
         return
-    run_dir = Path(run_dir).expanduser()
+    run_dir = absolute_path(run_dir)
 
     def refuse_existing() -> None:
         if not resumed and holds_run(run_dir):

@@ -20,10 +20,10 @@ from typing import Any
 from filelock import FileLock
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from normlab.report import write_report
+from normlab.runner.console import in_multirun
 
 log = logging.getLogger("normlab.report")
 
@@ -32,7 +32,7 @@ class SweepReport(Callback):
     """Write `summary.csv`, `summary.md` and plots into the sweep directory."""
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if config.hydra.mode != RunMode.MULTIRUN:
+        if not in_multirun(config.hydra):
             return
         sweep_dir = sweep_dir_of(config)
         # summary.md exists mid-sweep only once a failed job has written it.
@@ -77,7 +77,7 @@ def report_interrupted_sweep() -> None:
     the report lists it."""
     from hydra.core.hydra_config import HydraConfig
 
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    if not in_multirun():
         return
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)

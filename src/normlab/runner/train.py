@@ -6,6 +6,7 @@ results.json. The runner is the only part of normlab that knows both Hydra and L
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import time
@@ -26,9 +27,9 @@ from normlab.errors import NormlabError
 from normlab.files import DiskFullError, atomic_open, disk_full, write_json
 from normlab.runner.build import build_module, build_network, build_trainer
 from normlab.runner.checks import check_run, checked_by_preflight
-from normlab.runner.cli import in_multirun, quiet_lightning
-from normlab.runner.console import JOB_SUMMARY
-from normlab.runner.names import defining_hparams, run_name
+from normlab.runner.cli import quiet_lightning
+from normlab.runner.console import JOB_SUMMARY, in_multirun
+from normlab.runner.names import choice, defining_hparams, run_name
 from normlab.runner.rundir import (
     claim_run_dir,
     history_from_last_checkpoint,
@@ -38,7 +39,7 @@ from normlab.runner.rundir import (
     task_overrides,
 )
 from normlab.runner.sweep import report_interrupted_sweep
-from normlab.runner.threads import threads_for_run
+from normlab.runner.threads import ddp_processes, threads_for_run, threads_kept_for_ranks
 from normlab.training import ImageClassifier, MetricHistory, divergence_record
 from normlab.training.hparams import record_hparams
 
@@ -59,7 +60,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         cfg.name = name  # the TensorBoard run's folder: logger.tensorboard.version is ${name}
     output_dir = Path(cfg.paths.output_dir)
     # Checked, created and locked by Preflight for a single run; a sweep's job does it here.
-    claim_run_dir(output_dir, plan.resumed, key="hydra.sweep.dir job")
+    claim_run_dir(
+        output_dir, plan.resumed, key="hydra.sweep.dir" if in_multirun() else "hydra.run.dir"
+    )
     started = time.perf_counter()
     quiet_lightning()
     results: dict[str, Any] = {"status": "failed"}
@@ -67,11 +70,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     threads: int | None = None
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     training = False  # whether fit() started: before it, a resumed run's files stay as they were
+    cleanup = contextlib.ExitStack()  # undone when the run ends, however it ends
     try:
         if not checked_by_preflight():  # a job of a sweep, or a call from Python
             check_run(plan, multirun=in_multirun(), launcher=launcher_target())
-        threads, why = threads_for_run(cfg.get("threads"), hydra_cfg)
+        ranks = ddp_processes(cfg.get("trainer"))
+        threads, why = threads_for_run(cfg.get("threads"), hydra_cfg, ranks)
         torch.set_num_threads(threads)
+        cleanup.enter_context(threads_kept_for_ranks(threads, ranks))
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         net = build_network(cfg.model)
         module = build_module(cfg, net)
@@ -125,6 +131,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results["error"] = f"{type(err).__name__}: {err}"
         raise
     finally:
+        cleanup.close()
         if trainer is not None and results["status"] in ("failed", "interrupted"):
             results.update(collect_results(trainer, {}, "", status=results["status"]))
         results["wall_s"] = round(time.perf_counter() - started, 3)
@@ -261,34 +268,31 @@ def announce(
 ) -> None:
     """What is training, on what, and where its results go: three lines."""
 
-    def choice(group: str, node: Any) -> str:
-        if choices.get(group):
-            return str(choices[group])
-        target = node.get("_target_") if isinstance(node, Mapping) else None
-        return str(target).rsplit(".", 1)[-1] if target else "none"
+    def chosen(group: str, node: Any) -> str:
+        return choice(choices, group, node) or "none"
 
-    dropout = choice("model/dropout", cfg.model.get("dropout"))
-    p = OmegaConf.select(cfg, "model.dropout.p", default=None)
-    params = sum(p.numel() for p in net.parameters())
+    dropout = chosen("model/dropout", cfg.model.get("dropout"))
+    dropout_p = OmegaConf.select(cfg, "model.dropout.p", default=None)
+    params = sum(param.numel() for param in net.parameters())
     devices = trainer.num_devices * trainer.num_nodes
     device = str(trainer.strategy.root_device.type) + (f" x{devices}" if devices > 1 else "")
     log.info("run %s -> %s", name, output_dir)
     log.info(
         "model %s (%s, %s params): norm %s, dropout %s%s",
-        choice("model", cfg.model),
+        chosen("model", cfg.model),
         type(net).__name__,
         f"{params:,}",
-        choice("model/norm", cfg.model.get("norm")),
+        chosen("model/norm", cfg.model.get("norm")),
         dropout,
-        f" p={p}" if p is not None and dropout != "none" else "",
+        f" p={dropout_p}" if dropout_p is not None and dropout != "none" else "",
     )
     log.info(
         "data %s, batch %s; %s lr %s, schedule %s; %s on %s",
-        choice("data", cfg.data),
+        chosen("data", cfg.data),
         cfg.data.get("batch_size"),
-        choice("optimizer", cfg.optimizer),
+        chosen("optimizer", cfg.optimizer),
         cfg.optimizer.get("lr"),
-        choice("scheduler", cfg.get("scheduler")),
+        chosen("scheduler", cfg.get("scheduler")),
         plural(cfg.trainer.get("max_epochs"), "epoch"),
         device,
     )
