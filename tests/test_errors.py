@@ -110,6 +110,13 @@ CASES = [
     Case("plain DDP inside a sweep", "-m trainer=ddp_cpu seed=0,1",
          ("every process would re-run the whole sweep", "ddp_spawn", "hydra/launcher=slurm")),
 ]  # fmt: skip
+if not torch.cuda.is_available():
+    # Lightning refuses it when the Trainer is built, after the run directory exists.
+    CASES.append(
+        Case("a GPU on a machine without one", "trainer.accelerator=gpu",
+             ("trainer.accelerator=gpu", "Use what this machine has", "trainer.accelerator=cpu"),
+             writes_failed_run=True)
+    )  # fmt: skip
 
 
 class Payload:

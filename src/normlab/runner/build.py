@@ -118,7 +118,8 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     """The Trainer with the configured callbacks and loggers; checkpoints written atomically.
     Per-batch hooks are called only on the callbacks that implement them, and without a
-    configured profiler the hook calls are not wrapped in one (`NoProfiler`)."""
+    configured profiler the hook calls are not wrapped in one (`NoProfiler`). Settings
+    Lightning refuses are a ConfigError naming them."""
     loggers = instantiate_all(cfg.get("logger"))
     callbacks = instantiate_all(cfg.get("callbacks"))
     if not loggers:  # logger=none: Lightning refuses a LearningRateMonitor with nowhere to log
@@ -129,13 +130,16 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
         callbacks.append(TerminalProgressBar())
     for callback in callbacks:
         skip_inherited_batch_hooks(callback, L.Callback)
-    return instantiate(
-        cfg.trainer,
-        callbacks=callbacks,
-        logger=loggers or False,
-        plugins=[AtomicCheckpointIO()],
-        **default_profiler(cfg),
-    )
+    try:
+        return instantiate(
+            cfg.trainer,
+            callbacks=callbacks,
+            logger=loggers or False,
+            plugins=[AtomicCheckpointIO()],
+            **default_profiler(cfg),
+        )
+    except Exception as err:  # settings Lightning refuses: trainer.accelerator=gpu without one
+        raise trainer_error(cfg.trainer, err) from None
 
 
 def build_test_trainer(cfg: DictConfig) -> L.Trainer:

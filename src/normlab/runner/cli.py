@@ -13,15 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-
 from normlab.errors import NormlabError
-
-
-def in_multirun() -> bool:
-    """Whether this process runs a job of a Hydra --multirun."""
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+from normlab.runner.console import in_multirun
 
 
 @contextlib.contextmanager

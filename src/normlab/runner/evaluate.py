@@ -30,7 +30,8 @@ from normlab.runner.checks import (
     check_unset,
     check_values,
 )
-from normlab.runner.cli import in_multirun, quiet_lightning
+from normlab.runner.cli import quiet_lightning
+from normlab.runner.console import in_multirun
 from normlab.runner.rundir import (
     CHECKPOINTS,
     CONFIG,
