@@ -74,9 +74,10 @@ CASES = [
          ("the network (normlab.nn.SeedCNN) cannot be built",
           "model.norm._target_=torch.nn.GroupNorm")),
     Case("a callback argument its constructor refuses", "callbacks.diagnostics.every_n_steps=-1",
-         ("callbacks.diagnostics.every_n_steps=-1: use a positive interval, or 0 for never.",)),
+         ("callbacks.diagnostics.every_n_steps=-1: use a number of optimizer steps, a whole "
+          "number from 0 (0: never)",)),
     Case("a zero check interval", "callbacks.divergence.check_every_n_steps=0",
-         ("callbacks.divergence.check_every_n_steps=0: check_every_n_steps must be >= 1",)),
+         ("callbacks.divergence.check_every_n_steps=0: must be a positive whole number",)),
     Case("statistics for two channels", "data.mean=[0.5,0.5]",
          ("data.mean=[0.5, 0.5]: give one value per image channel (3",)),
     Case("an image size the network cannot take",

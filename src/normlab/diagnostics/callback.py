@@ -65,8 +65,8 @@ class NetworkDiagnostics(L.Callback):
         for name, value, what, zero, example in settings:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ConfigError(
-                    f"callbacks.diagnostics.{name}={value!r}: use {what}, a whole number (0: "
-                    f"{zero}), e.g. callbacks.diagnostics.{name}={example}; "
+                    f"callbacks.diagnostics.{name}={value!r}: use {what}, a whole number "
+                    f"from 0 (0: {zero}), e.g. callbacks.diagnostics.{name}={example}; "
                     "callbacks/diagnostics=none switches all diagnostics off."
                 )
         self.every_n_steps = every_n_steps

@@ -188,7 +188,10 @@ def callback_error(
     path: str, target: str, arguments: Mapping[str, Any], err: Exception
 ) -> ConfigError:
     """One paragraph for a callback's constructor refusing its arguments, naming the key when
-    its message names one of them."""
+    its message names one of them. normlab's own callbacks raise ConfigErrors that already
+    name their key: those stand as they are."""
+    if isinstance(err, NormlabError):
+        return ConfigError(str(err))
     message = str(err).rstrip(".")
     for key in sorted(arguments, key=len, reverse=True):
         if message.startswith(f"{key}="):
