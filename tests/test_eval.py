@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import lightning as L
 import pytest
@@ -144,8 +145,14 @@ def test_the_config_eval_uses_is_checked_before_anything_is_built(run, tmp_path)
                 "supported gpu backend found!). Its device settings: trainer.accelerator=gpu",
             )
         )
-    for override, says in cases:
-        proc = run_cli("eval.py", f"run={run.run_dir}", override, cwd=tmp_path)
+    # Independent processes, mostly start-up: two at a time.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        procs = list(
+            pool.map(
+                lambda case: run_cli("eval.py", f"run={run.run_dir}", case[0], cwd=tmp_path), cases
+            )
+        )
+    for (override, says), proc in zip(cases, procs, strict=True):
         assert proc.returncode == 1, override
         assert says in " ".join(proc.stderr.split()), proc.stderr[-3000:]
         assert "Traceback" not in proc.stderr, override
