@@ -15,18 +15,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from conftest import REPO, compose_config, config_options, write_image_folder
+from finished_run import write_lightning_checkpoint
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from normlab.bench.cifar_files import write_cifar10
-from normlab.data import BatchTransform, TensorBatchLoader
 from normlab.errors import ConfigError
 from normlab.runner import checks
-from normlab.runner.build import build_module, build_network
 from normlab.runner.rundir import plan_run
 
 
@@ -124,20 +122,9 @@ class Payload:
     """Stands for any object whose unpickling would run code."""
 
 
-def write_lightning_checkpoint(path: Path, model: str) -> dict:
-    """A real checkpoint of `model`: one optimizer step of Lightning, then save_checkpoint."""
-    cfg = compose_config([f"model={model}", "data=digits", "logger=none"])
-    module = build_module(cfg, build_network(cfg.model))
-    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
-    loader = TensorBatchLoader(
-        images, torch.randint(0, 10, (8,)), 4, BatchTransform((0.5,) * 3, (0.5,) * 3), train=True
-    )
-    trainer = L.Trainer(
-        max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-    )  # fmt: skip
-    trainer.fit(module, train_dataloaders=loader)
-    trainer.save_checkpoint(path)
+def lightning_checkpoint(path: Path, model: str) -> dict:
+    """A real checkpoint of `model` (see finished_run), as torch loads it."""
+    write_lightning_checkpoint(path, model)
     return torch.load(path, weights_only=True)
 
 
@@ -157,7 +144,7 @@ def outcomes(tmp_path_factory) -> dict:
     write_cifar10(corrupt, train_images=200, test_images=60)
     batch = corrupt / "cifar-10-batches-py" / "data_batch_1"
     batch.write_bytes(batch.read_bytes()[:500])  # truncated mid-pickle
-    checkpoint = write_lightning_checkpoint(root / "cnn.ckpt", "cnn")
+    checkpoint = lightning_checkpoint(root / "cnn.ckpt", "cnn")
     torch.save({**checkpoint, "payload": Payload()}, root / "pickled.ckpt")
     (root / "empty.ckpt").write_bytes(b"")
     images = write_image_folder(root / "images")

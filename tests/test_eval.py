@@ -10,18 +10,16 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-import lightning as L
 import pytest
 import torch
 from conftest import REPO, compose_config, run_cli
-from finished_run import digits_run
+from finished_run import digits_run, write_lightning_checkpoint
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
-from normlab.data import BatchTransform, TensorBatchLoader
 from normlab.errors import ConfigError
-from normlab.runner.build import build_module, build_network
+from normlab.runner.build import build_network
 from normlab.runner.evaluate import evaluate
 from normlab.runner.predict import main as predict_main
 from normlab.runner.rundir import network_weights
@@ -59,20 +57,9 @@ def run_of_another_model(destination, model: str = "cnn"):
     """A run directory whose network is not the default one: the composed config of
     `model=<model> data=digits` as its saved config, and a real Lightning checkpoint of that
     network (one training step) as its best.ckpt."""
-    cfg = compose_config([f"model={model}", "data=digits", "logger=none"])
     (destination / ".hydra").mkdir(parents=True)
+    cfg = write_lightning_checkpoint(destination / "checkpoints" / "best.ckpt", model)
     OmegaConf.save(cfg, destination / ".hydra" / "config.yaml")
-    module = build_module(cfg, build_network(cfg.model))
-    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
-    loader = TensorBatchLoader(
-        images, torch.randint(0, 10, (8,)), 4, BatchTransform((0.5,) * 3, (0.5,) * 3), train=True
-    )
-    trainer = L.Trainer(
-        max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-    )  # fmt: skip
-    trainer.fit(module, train_dataloaders=loader)
-    trainer.save_checkpoint(destination / "checkpoints" / "best.ckpt")
     return destination
 
 
