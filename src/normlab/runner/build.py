@@ -51,11 +51,15 @@ def build_network(
         return instantiate(network_spec(model_cfg), _convert_="all")
 
 
+# Hydra's own keys of a node, not arguments of its target.
+INSTANTIATE_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
+
+
 def build_network_or_error(
     model_cfg: DictConfig | Mapping[str, Any], device: str | None = None
 ) -> nn.Module:
     """`build_network`, any failure turned into one ConfigError that names the model setting
-    at fault (`normlab.runner.checks.network_error`)."""
+    at fault (`network_error`)."""
     try:
         network_spec(model_cfg)
     except Exception as err:
@@ -64,10 +68,40 @@ def build_network_or_error(
     try:
         return build_network(model_cfg, device)
     except Exception as err:
-        # Imported here: normlab.runner.checks imports this module.
-        from normlab.runner.checks import network_error
-
         raise network_error(model_cfg, err) from None
+
+
+def network_error(model_cfg: DictConfig, err: Exception) -> ConfigError:
+    """One paragraph for an exception raised while building the network of `model_cfg`.
+
+    Hydra wraps the error of a target in its own; the innermost one is the layer's. A message
+    that starts with one of a node's options (`num_groups=4 does not divide ...`) gets that
+    node's path in front; any other lists the settings that went into the network.
+    """
+    while err.__cause__ is not None:
+        err = err.__cause__
+    if isinstance(err, NormlabError):
+        return ConfigError(str(err))
+    message = str(err)
+    spec = network_spec(model_cfg)
+    nodes = {"model.norm": spec.get("norm"), "model.dropout": spec.get("dropout"), "model": spec}
+    if isinstance(nodes["model.dropout"], dict):
+        nodes["model.dropout"] = {**nodes["model.dropout"], "placement": None}
+    for path, node in nodes.items():
+        for key in node if isinstance(node, dict) else ():
+            if message.startswith(f"{key}="):
+                return ConfigError(f"{path}.{message}")
+    settings = [
+        f"{path}.{key}={value}"
+        for path in ("model.norm", "model.dropout")
+        for key, value in (OmegaConf.select(model_cfg, path.removeprefix("model.")) or {}).items()
+        if key not in INSTANTIATE_KEYS or key == "_target_"
+    ]
+    return ConfigError(
+        f"model: the network ({spec.get('_target_')}) cannot be built: "
+        f"{type(err).__name__}: {message}. Its norm and dropout settings: "
+        f"{', '.join(settings)}; `python train.py --cfg job` prints every setting."
+    )
 
 
 def unresolved_error(node: str, err: Exception) -> ConfigError:

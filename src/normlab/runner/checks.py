@@ -40,7 +40,10 @@ from torch import nn
 
 from normlab.errors import ConfigError, NormlabError
 from normlab.files import absolute_path
-from normlab.runner.build import build_network, network_spec
+from normlab.runner.build import (
+    INSTANTIATE_KEYS,
+    build_network_or_error,
+)
 from normlab.runner.console import in_multirun
 from normlab.runner.rundir import (
     RunPlan,
@@ -58,7 +61,6 @@ from normlab.runner.rundir import (
 # Lightning's seed_everything accepts 0 .. 2**32 - 1 (numpy's seed range).
 MAX_SEED = 2**32 - 1
 # Keys Hydra's instantiate reads itself.
-INSTANTIATE_KEYS = {"_target_", "_partial_", "_convert_", "_recursive_", "_args_"}
 # Keys the runner reads itself instead of passing them to the node's target.
 RUNNER_KEYS = {"model.dropout": {"placement"}}
 # Every data module loads images as RGB.
@@ -86,20 +88,12 @@ def check_run(plan: RunPlan, multirun: bool = False, launcher: str = "") -> nn.M
     check_distributed(cfg, multirun, launcher)
     check_keys(cfg)
     check_callbacks(cfg)
-    net = check_network(cfg.model)
+    net = build_network_or_error(cfg.model, device="meta")  # shapes only, no memory
     check_image_size(cfg, net)
     if plan.checkpoint is not None:
         checkpoint = load_checkpoint(plan.checkpoint, plan.checkpoint_key)
         check_architecture(checkpoint, net, plan.checkpoint, plan.checkpoint_key)
     return net
-
-
-def check_network(model_cfg: DictConfig) -> nn.Module:
-    """Construct the network on the meta device; ConfigError naming the setting if it fails."""
-    try:
-        return build_network(model_cfg, device="meta")
-    except Exception as err:
-        raise network_error(model_cfg, err) from None
 
 
 def check_image_size(cfg: DictConfig, net: nn.Module) -> None:
@@ -205,39 +199,6 @@ def callback_error(
     return ConfigError(
         f"{path} ({target}) cannot be built: {type(err).__name__}: {message}. Its settings: "
         f"{settings or 'none'}; `python train.py --cfg job` prints every setting."
-    )
-
-
-def network_error(model_cfg: DictConfig, err: Exception) -> ConfigError:
-    """One paragraph for an exception raised while building the network of `model_cfg`.
-
-    Hydra wraps the error of a target in its own; the innermost one is the layer's. A message
-    that starts with one of a node's options (`num_groups=4 does not divide ...`) gets that
-    node's path in front; any other lists the settings that went into the network.
-    """
-    while err.__cause__ is not None:
-        err = err.__cause__
-    if isinstance(err, NormlabError):
-        return ConfigError(str(err))
-    message = str(err)
-    spec = network_spec(model_cfg)
-    nodes = {"model.norm": spec.get("norm"), "model.dropout": spec.get("dropout"), "model": spec}
-    if isinstance(nodes["model.dropout"], dict):
-        nodes["model.dropout"] = {**nodes["model.dropout"], "placement": None}
-    for path, node in nodes.items():
-        for key in node if isinstance(node, dict) else ():
-            if message.startswith(f"{key}="):
-                return ConfigError(f"{path}.{message}")
-    settings = [
-        f"{path}.{key}={value}"
-        for path in ("model.norm", "model.dropout")
-        for key, value in (OmegaConf.select(model_cfg, path.removeprefix("model.")) or {}).items()
-        if key not in INSTANTIATE_KEYS or key == "_target_"
-    ]
-    return ConfigError(
-        f"model: the network ({spec.get('_target_')}) cannot be built: "
-        f"{type(err).__name__}: {message}. Its norm and dropout settings: "
-        f"{', '.join(settings)}; `python train.py --cfg job` prints every setting."
     )
 
 
