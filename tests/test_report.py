@@ -10,19 +10,25 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from conftest import REPO, run_multirun, tensorboard_dir
+from filelock import FileLock
+from hydra.core.utils import JobReturn, JobStatus
 from matplotlib.image import imread
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from normlab.report import load_sweep, plots, write_report
 from normlab.report.__main__ import main as report_main
 from normlab.report.numbers import format_number, short_forms
+from normlab.runner import sweep as sweep_callback
+from normlab.runner.sweep import SweepReport
 
 REPORT_FILES = ("summary.csv", "summary.md", "val_acc_curves.png", "final_accuracy.png")
 
@@ -166,6 +172,59 @@ def test_report_reads_results_files_only(tmp_path):
     assert "3 jobs in 1 configurations: 2 completed, 1 missing." in markdown
     assert "0.6000 ± 0.1414" in markdown
     assert not list(tmp_path.glob(".*")), "no temporary or lock files left behind"
+
+
+def test_a_job_ending_while_the_first_report_is_written_still_reports_itself(tmp_path, monkeypatch):
+    """The race a fresh clone's `make test` lost once, forced: job 0 failed and is writing the
+    sweep's first report (it read job 1 as running); job 1 finishes meanwhile. Job 1 must wait
+    for that report and rewrite it, not skip because summary.md did not exist yet."""
+    for job, status in enumerate(["failed", "running"]):
+        (tmp_path / str(job)).mkdir()
+        write_job(tmp_path / str(job), status, seed=job)
+    decided = threading.Event()  # job 1 has either skipped its rewrite or is waiting to write
+
+    class SignallingLock(FileLock):
+        def acquire(self, *args, **kwargs):
+            decided.set()
+            return super().acquire(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_callback, "FileLock", SignallingLock)
+    first_writer = FileLock(sweep_callback.lock_path(tmp_path))
+    first_writer.acquire()  # job 0, mid-write: its report is not in place yet
+    write_report(tmp_path, plots=False)
+    stale = {name: (tmp_path / name).read_bytes() for name in ("summary.md", "summary.csv")}
+    for name in stale:
+        (tmp_path / name).unlink()
+    write_job(tmp_path / "1", "completed", seed=1)
+    config = OmegaConf.create({
+        "hydra": {"mode": "MULTIRUN", "sweep": {"subdir": "1"},
+                  "runtime": {"output_dir": str(tmp_path / "1")}},
+    })  # fmt: skip
+
+    def job_1_ends() -> None:
+        try:
+            SweepReport().on_job_end(config, JobReturn(status=JobStatus.COMPLETED))
+        finally:
+            decided.set()
+
+    ending = threading.Thread(target=job_1_ends)
+    ending.start()
+    assert decided.wait(timeout=120)
+    for name, data in stale.items():  # job 0 finishes writing its (stale) report
+        (tmp_path / name).write_bytes(data)
+    first_writer.release()
+    ending.join(timeout=120)
+    with (tmp_path / "summary.csv").open() as f:
+        statuses = {row["job"]: row["status"] for row in csv.DictReader(f)}
+    assert statuses == {"0": "failed", "1": "completed"}
+
+
+def write_job(job_dir: Path, status: str, seed: int) -> None:
+    acc = None if status != "completed" else 0.9
+    (job_dir / "results.json").write_text(json.dumps({
+        "status": status, "val_acc_best": acc, "test_acc": acc,
+        "overrides": [f"seed={seed}"], "history": [],
+    }))  # fmt: skip
 
 
 def norm_lr_sweep(sweep_dir: Path) -> Path:

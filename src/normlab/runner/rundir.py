@@ -272,6 +272,9 @@ class RunPlan:
     checkpoint_key: str  # the setting that named it, for messages
     resumed: bool
     note: str = ""  # said when the run starts (e.g. which checkpoint a resume fell back to)
+    # A resumed run's torch threads as it recorded them: the count is part of what makes it
+    # bit-identical to an uninterrupted run, whatever the machine's load is now.
+    threads: int | None = None
 
 
 def plan_run(cfg: DictConfig, overrides: list[str]) -> RunPlan:
@@ -302,7 +305,8 @@ def plan_run(cfg: DictConfig, overrides: list[str]) -> RunPlan:
             "put it (or part of it) elsewhere. Drop it; to continue the run in another place, "
             "copy or move its directory there and resume that."
         )
-    if read_results(run_dir).get("status") == "completed":
+    recorded = read_results(run_dir)
+    if recorded.get("status") == "completed":
         raise ConfigError(
             f"resume={run_dir}: this run has completed (results.json says so); there is "
             f"nothing to continue. Re-test it with python eval.py run={run_dir}, or start a new "
@@ -311,7 +315,11 @@ def plan_run(cfg: DictConfig, overrides: list[str]) -> RunPlan:
     apply_run_settings(saved, cfg, overrides)
     # Killed before its first checkpoint: the run starts again from step 0, in its directory.
     checkpoint, note = resume_checkpoint(run_dir)
-    return RunPlan(saved, saved_overrides(run_dir, "resume"), checkpoint, "resume", True, note)
+    threads = recorded.get("threads")
+    threads = threads if type(threads) is int and threads > 0 else None
+    return RunPlan(
+        saved, saved_overrides(run_dir, "resume"), checkpoint, "resume", True, note, threads
+    )
 
 
 def saved_overrides(run_dir: Path, key: str) -> list[str]:

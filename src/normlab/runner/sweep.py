@@ -34,20 +34,23 @@ class SweepReport(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if not in_multirun(config.hydra):
             return
-        sweep_dir = sweep_dir_of(config)
-        # summary.md exists mid-sweep only once a failed job has written it.
-        if job_return.status == JobStatus.FAILED or (sweep_dir / "summary.md").exists():
-            self._write(sweep_dir)
+        failed = job_return.status == JobStatus.FAILED
+        # summary.md exists mid-sweep only once a failed job has written it. Asked inside the
+        # lock: a job that ends while a failed job is still writing the first report would
+        # find no summary.md yet, skip its rewrite, and leave itself listed as running.
+        self._write(sweep_dir_of(config), only_if_started=not failed)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         path = self._write(Path(config.hydra.sweep.dir))
         if path is not None:
             log.info("sweep report: %s", path)
 
-    def _write(self, sweep_dir: Path) -> Path | None:
+    def _write(self, sweep_dir: Path, only_if_started: bool = False) -> Path | None:
         # A report is a by-product: failing to write it must not fail a job that trained.
         try:
             with FileLock(lock_path(sweep_dir)):
+                if only_if_started and not (sweep_dir / "summary.md").exists():
+                    return None
                 return write_report(sweep_dir)
         except Exception as err:
             log.warning("could not write the sweep report in %s: %s", sweep_dir, err)

@@ -1,13 +1,14 @@
-"""How many threads torch uses for one run, chosen for the cores it can actually have.
+"""How many threads torch uses for one run: a count that depends on the command and the
+machine only, so the same command gives the same numbers however busy the machine is.
 
-torch's default, one OpenMP thread per core, suits a quiet machine and big tensors. On a
-shared machine its threads spin while they wait for a core another process holds, and the
-small convolutions of a CIFAR-sized CNN gain little from splitting: there it makes a run many
-times slower. So by default a run takes the cores it may use (its CPU affinity and any cgroup
-CPU quota), shares them with the other jobs of a parallel sweep and the other DDP processes
-on its machine, and leaves out its share of the cores other processes keep busy (the kernel's
-count of runnable threads). `threads=<n>` or the OMP_NUM_THREADS environment variable decide
-instead.
+A run takes the cores it may use (its CPU affinity and any cgroup CPU quota) and shares them
+with the other jobs of a parallel sweep and the other DDP processes on its machine: two torch
+jobs that each took every core would spin against each other and run 3-30x slower. It does
+not follow the momentary load: the thread count changes the order of floating-point sums,
+so a count that followed the load made the same command and seed give other weights on a
+busy machine. When other processes keep cores busy, the run says so (`load_warning`) and
+suggests `threads=<n>`. `threads=<n>` or the OMP_NUM_THREADS environment variable decide
+instead; a resumed run keeps the count it started with.
 """
 
 from __future__ import annotations
@@ -69,15 +70,15 @@ def choose_threads(
     setting: int | None,
     parallel_jobs: int = 1,
     cores: int | None = None,
-    busy: int | None = None,
-    machine: int | None = None,
     ranks: int = 1,
 ) -> tuple[int, str]:
     """(threads, why) for one process of a run.
 
     `parallel_jobs` runs of a sweep, each of `ranks` DDP processes on this machine, share the
-    `cores` this process may use; `busy` cores of the `machine`'s are kept busy by other
-    processes. Measured when not given.
+    `cores` this process may use (measured when not given). The count depends only on the
+    command and the machine, never on what else is running: thread count changes the order
+    of floating-point sums, so a count that followed the load would make the same command
+    give different numbers on a busy machine. `load_warning` says when the load will slow it.
     """
     if setting is not None:
         return setting, "set by threads="
@@ -89,27 +90,39 @@ def choose_threads(
         except ValueError:
             pass
     cores = usable_cores() if cores is None else cores
+    sharers = max(1, parallel_jobs) * max(1, ranks)
+    reasons = [f"{cores} usable cores"]
+    if parallel_jobs > 1:
+        reasons.append(f"shared by {parallel_jobs} parallel jobs")
+    if ranks > 1:
+        reasons.append(f"shared by {ranks} DDP processes")
+    return max(1, cores // sharers), ", ".join(reasons)
+
+
+def load_warning(
+    threads: int, cores: int | None = None, busy: int | None = None, machine: int | None = None
+) -> str | None:
+    """What to say when other processes keep busy cores this run's `threads` need.
+
+    torch's OpenMP threads spin while they wait for each other: on a core another process holds
+    a run can go several times slower. The count stays as chosen (results would otherwise
+    depend on the load); the user may pick a smaller one, for this run and its reruns.
+    """
+    cores = usable_cores() if cores is None else cores
     machine = max(cores, (os.cpu_count() or cores) if machine is None else machine)
     busy = busy_cores() if busy is None else busy
     # /proc/loadavg counts runnable threads on the whole machine. With fewer cores than the
     # machine (a cpuset, a quota) only this run's share of that load competes for its cores.
     busy_here = round(busy * cores / machine) if cores < machine else busy
-    sharers = max(1, parallel_jobs) * max(1, ranks)
-    share = max(1, cores // sharers)
+    if threads <= 1 or threads + busy_here <= cores:
+        return None
     free = max(1, cores - busy_here)
-    threads = min(share, free)
-    of_machine = f" of the machine's {machine}" if cores < machine else ""
-    reasons = [f"{cores} usable cores{of_machine}"]
-    if parallel_jobs > 1:
-        reasons.append(f"shared by {parallel_jobs} parallel jobs")
-    if ranks > 1:
-        reasons.append(f"shared by {ranks} DDP processes")
-    if busy_here:
-        reasons.append(
-            f"{busy_here} busy with other processes"
-            + (f" (their share of {busy} on the machine)" if busy_here != busy else "")
-        )
-    return threads, ", ".join(reasons)
+    return (
+        f"{busy_here} of this run's {cores} cores are busy with other processes, and its "
+        f"{threads} torch threads will wait on them (often several times slower). The count "
+        "does not follow the load, so that the same command gives the same numbers; for "
+        f"speed now, set threads={free} (results then match other runs with threads={free})."
+    )
 
 
 def parallel_jobs(hydra_cfg: Mapping[str, Any] | None) -> int:
@@ -168,8 +181,8 @@ def threads_for_run(
     Trainer starts `ranks` DDP processes on this machine.
 
     joblib's worker processes inherit an OMP_NUM_THREADS that joblib itself set (cores // n_jobs)
-    when the user had not: that one is not a user's setting, so the choice is made here, with
-    the cores other processes keep busy taken into account.
+    when the user had not: that one is not a user's setting, so the choice is made here (and
+    says why).
     """
     jobs = parallel_jobs(hydra_cfg)
     env = os.environ.get("OMP_NUM_THREADS")

@@ -39,7 +39,12 @@ from normlab.runner.rundir import (
     task_overrides,
 )
 from normlab.runner.sweep import report_interrupted_sweep
-from normlab.runner.threads import ddp_processes, threads_for_run, threads_kept_for_ranks
+from normlab.runner.threads import (
+    ddp_processes,
+    load_warning,
+    threads_for_run,
+    threads_kept_for_ranks,
+)
 from normlab.training import ImageClassifier, MetricHistory, divergence_record
 from normlab.training.hparams import record_hparams
 
@@ -76,6 +81,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             check_run(plan, multirun=in_multirun(), launcher=launcher_target())
         ranks = ddp_processes(cfg.get("trainer"))
         threads, why = threads_for_run(cfg.get("threads"), hydra_cfg, ranks)
+        if plan.threads is not None and cfg.get("threads") is None:
+            threads, why = plan.threads, "the count the run started with (results.json)"
         torch.set_num_threads(threads)
         cleanup.enter_context(threads_kept_for_ranks(threads, ranks))
         L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -86,6 +93,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         choices = dict(hydra_cfg.runtime.choices) if hydra_cfg is not None else {}
         announce(cfg, name, net, trainer, choices, output_dir)
         log.info("torch threads: %d (%s; threads=N overrides)", threads, why)
+        if warning := load_warning(threads):
+            log.warning("%s", warning)
         describe_run(cfg, module, output_dir, show=bool(cfg.get("verbose")))
         if plan.resumed:
             start = plan.checkpoint or "the start (no checkpoint)"
@@ -95,9 +104,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if trainer.is_global_zero:
             # Until the run ends, results.json says it started: a job killed outright (SIGKILL,
             # an out-of-memory kill) is then listed by the report as interrupted, not missing.
-            write_json(
-                output_dir / "results.json", {"status": "running", "overrides": plan.overrides}
-            )
+            # The thread count too: a resume after SIGKILL must keep it to stay bit-identical.
+            running = {"status": "running", "overrides": plan.overrides, "threads": threads}
+            write_json(output_dir / "results.json", running)
         training = True
         trainer.fit(module, datamodule=datamodule, ckpt_path=plan.checkpoint, weights_only=True)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
