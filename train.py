@@ -1,7 +1,7 @@
 """Train and test one configuration: `python train.py model=cnn_bn_dropout data=digits`.
 
-Sweeps: `python train.py -m model=cnn,cnn_bn seed=0,1,2`. Continue an interrupted run:
-`python train.py resume=<run dir>`. See docs/training.md for every option.
+Sweeps: `python train.py -m model=cnn,cnn_bn seed=0,1,2`. Continue an interrupted run or
+sweep: `python train.py resume=<run dir or sweep dir>`. See docs/training.md for every option.
 """
 
 import sys
@@ -11,6 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from normlab.runner.cli import exit_on_user_error, explain_unknown_keys, sigterm_as_interrupt
+from normlab.runner.continue_sweep import sweep_command
 
 CONFIG_DIR = Path(__file__).resolve().parent / "conf"
 
@@ -28,5 +29,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    with exit_on_user_error():  # resume=<sweep dir>: the sweep's own command line, again
+        sys.argv[1:] = sweep_command(sys.argv[1:], CONFIG_DIR)
     with explain_unknown_keys(sys.argv[1:], CONFIG_DIR, "train"):
         sys.exit(main())

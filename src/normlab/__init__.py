@@ -25,11 +25,20 @@ _RESOLVERS = {
         lambda resume, new_dir: os.path.expanduser(str(resume) if resume else str(new_dir)),
         False,
     ),
-    # `hydra.output_subdir`: a resumed run keeps the `.hydra/` it was started with.
-    "config_subdir": (lambda resume: None if resume else ".hydra", False),
+    # `hydra.output_subdir`: a resumed run, or a started job of a continued sweep, keeps the
+    # `.hydra/` it was started with.
+    "config_subdir": (lambda resume, output_dir: _config_subdir(resume, output_dir), False),
     # `${run_name:${name},${hydra.overrides.task}}`: `model-cnn_bn+seed-3` (normlab.runner.names).
     "run_name": (lambda name, overrides: _run_name(name, overrides), False),
 }
+
+
+def _config_subdir(resume, output_dir) -> str | None:
+    if resume:
+        return None
+    continued = os.environ.get("NORMLAB_CONTINUE_SWEEP")  # normlab.runner.continue_sweep.ENV
+    saved = os.path.join(str(output_dir), ".hydra", "config.yaml")
+    return None if continued and os.path.isfile(saved) else ".hydra"
 
 
 def _run_name(name, overrides) -> str:

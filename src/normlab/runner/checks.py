@@ -45,6 +45,7 @@ from normlab.runner.build import (
     build_network_or_error,
 )
 from normlab.runner.console import in_multirun
+from normlab.runner.continue_sweep import ENV as CONTINUE_SWEEP
 from normlab.runner.rundir import (
     RunPlan,
     check_architecture,
@@ -651,16 +652,21 @@ class Preflight(Callback):
         with exit_before_the_run():
             if config.get("resume") is not None:
                 raise ConfigError(
-                    "resume= continues one run: drop --multirun and resume each interrupted job "
-                    "on its own, e.g. python train.py resume=logs/multiruns/<sweep>/<job>."
+                    "resume= continues a run or a whole sweep by itself: drop --multirun, e.g. "
+                    "python train.py resume=logs/multiruns/<sweep> (or resume=<sweep>/<job> "
+                    "for one job)."
                 )
             sweep_dir = Path(str(config.hydra.sweep.dir))
             check_paths(sweep_dir, None, key="hydra.sweep.dir")
             check_distributed(config, multirun=True, launcher=launcher_target(config.hydra))
             check_space(sweep_dir, None)
-            refuse_used_sweep_dir(sweep_dir)
+            # resume=<sweep dir> runs the sweep again into its own folder, on purpose.
+            continued = os.environ.get(CONTINUE_SWEEP) == str(absolute_path(sweep_dir))
+            if not continued:
+                refuse_used_sweep_dir(sweep_dir)
             lock_folder(sweep_dir, "sweep directory", "hydra.sweep.dir")
-            refuse_used_sweep_dir(sweep_dir)  # filled by another process before the lock
+            if not continued:
+                refuse_used_sweep_dir(sweep_dir)  # filled by another process before the lock
         forward_sigterm_to_workers()
 
 
@@ -677,8 +683,8 @@ def refuse_used_sweep_dir(sweep_dir: Path) -> None:
         raise ConfigError(
             f"hydra.sweep.dir={sweep_dir} already holds a sweep, whose finished jobs this one "
             "would overwrite. Give this sweep another folder (leave hydra.sweep.dir out for a "
-            "fresh one), or continue an interrupted job there with python train.py "
-            f"resume={sweep_dir}/<job>."
+            "fresh one), or continue that sweep with python train.py "
+            f"resume={sweep_dir}."
         )
 
 

@@ -90,15 +90,20 @@ def saved_config(run_dir: str | Path, key: str) -> DictConfig:
     if not run_dir.is_dir():
         raise ConfigError(
             f"{key}={run_dir}: no such directory. Pass the folder of a training run, the one "
-            f"holding .hydra/ and checkpoints/ (e.g. {key}=logs/runs/2026-01-31_12-00-00_1234; "
-            "for a sweep, one job's folder: logs/multiruns/<time>/0)."
+            f"holding .hydra/ and checkpoints/ (e.g. {key}=logs/runs/2026-01-31_12-00-00_1234)"
+            + (", or of a sweep, the one holding multirun.yaml." if key == "resume" else ".")
         )
     path = run_dir / CONFIG
     if not path.is_file():
         raise ConfigError(
             f"{key}={run_dir}: {path} is missing, so the run's config is unknown: this is not a "
-            "normlab run directory, or the run was stopped before Hydra saved its config. For "
-            "a sweep, pass one job's folder, e.g. logs/multiruns/<time>/0."
+            "normlab run directory, or the run was stopped before Hydra saved its config. "
+            + (
+                "A sweep's folder holds multirun.yaml (resume=logs/multiruns/<time> continues "
+                "the whole sweep)."
+                if key == "resume"
+                else "For a sweep, pass one job's folder, e.g. logs/multiruns/<time>/0."
+            )
         )
     try:
         cfg = OmegaConf.load(path)
@@ -281,9 +286,9 @@ def plan_run(cfg: DictConfig, overrides: list[str]) -> RunPlan:
     """Resolve `resume=` and `ckpt_path=`; ConfigError when either cannot work."""
     if cfg.get("resume") == "" or (cfg.get("resume") is None and "resume=" in overrides):
         raise ConfigError(
-            "resume= is empty: give the run directory to continue, e.g. "
-            "python train.py resume=logs/runs/2026-01-31_12-00-00_1234 (for a sweep, one job's "
-            "folder: logs/multiruns/<time>/0); leave resume out to start a new run."
+            "resume= is empty: give the run or sweep directory to continue, e.g. "
+            "python train.py resume=logs/runs/2026-01-31_12-00-00_1234 (a sweep: "
+            "resume=logs/multiruns/<time>); leave resume out to start a new run."
         )
     if not cfg.get("resume"):
         return RunPlan(cfg, overrides, user_checkpoint(cfg.get("ckpt_path")), "ckpt_path", False)

@@ -29,12 +29,14 @@ from normlab.runner.build import build_module, build_network, build_trainer
 from normlab.runner.checks import check_run, checked_by_preflight
 from normlab.runner.cli import quiet_lightning
 from normlab.runner.console import JOB_SUMMARY, in_multirun
-from normlab.runner.names import choice, defining_hparams, run_name
+from normlab.runner.continue_sweep import job_in_continued_sweep, say_kept
+from normlab.runner.names import choice, defining_hparams, is_run_setting, run_name
 from normlab.runner.rundir import (
     claim_run_dir,
     history_from_last_checkpoint,
     launcher_target,
     plan_run,
+    read_results,
     release_folder,
     task_overrides,
 )
@@ -58,7 +60,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     With `resume=<run dir>` the run's saved config replaces `cfg` and training continues from
     its last checkpoint, in that directory.
     """
-    plan = plan_run(cfg, task_overrides())
+    overrides = task_overrides()
+    output_dir = Path(cfg.paths.output_dir)
+    # A job of a sweep being continued (resume=<sweep dir>): kept, continued or run anew.
+    job = job_in_continued_sweep(output_dir)
+    if job == "keep":
+        return kept_job(output_dir)
+    if job == "continue":
+        with open_dict(cfg):
+            cfg.resume = str(output_dir)
+        overrides = [o for o in overrides if is_run_setting(o)]
+    plan = plan_run(cfg, overrides)
     cfg = plan.config
     name = run_name(cfg.get("name"), plan.overrides)
     with open_dict(cfg):
@@ -122,7 +134,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         hparams = defining_hparams(cfg, name, plan.overrides, choices)
         record_hparams(trainer.loggers, hparams, results, step=trainer.global_step)
     except NormlabError as err:
-        results["error"] = str(err)
+        # On the config: running it again would fail again (a continued sweep keeps it).
+        results.update(error=str(err), failure="config")
         raise
     except (KeyboardInterrupt, SystemExit):
         # Ctrl-C or SIGTERM (see normlab.runner.cli), or Lightning exiting after either.
@@ -164,6 +177,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     else:
         log.info("done: %s", summary)
     log.info("results: %s", output_dir / "results.json")
+    return results
+
+
+def kept_job(output_dir: Path) -> dict[str, Any]:
+    """A finished job of a continued sweep: its results as recorded, its folder untouched."""
+    results = read_results(output_dir)
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    job = hydra_cfg.job.num if hydra_cfg is not None else "?"
+    say_kept(job, str(results.get("name") or output_dir.name), final_summary(results))
     return results
 
 
