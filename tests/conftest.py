@@ -21,6 +21,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 import normlab  # noqa: F401 - registers the resolvers the configs use
 from normlab.bench.cifar_files import write_cifar10
@@ -183,3 +185,22 @@ def write_image_folder(
     write_classes(root / "train", dict.fromkeys(classes, per_class))
     write_classes(root / "test", dict.fromkeys(classes, 2), start=100)
     return root
+
+
+def hparams_records(run_dir: Path) -> tuple[dict, dict]:
+    """(hyperparameters, last value of each scalar tag) as TensorBoard reads them."""
+    acc = EventAccumulator(str(tensorboard_dir(run_dir)))
+    acc.Reload()
+    content = acc.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
+    starts = [k for k in content if k == hparams_metadata.SESSION_START_INFO_TAG]
+    assert len(starts) == 1, content.keys()
+    start = hparams_metadata.parse_session_start_info_plugin_data(content[starts[0]])
+    # No experiment record: TensorBoard then lists the columns from all the runs shown, those
+    # that differ between them first (one run's record would fix the columns, none differing).
+    assert hparams_metadata.EXPERIMENT_TAG not in content
+    hparams = {}
+    for key, value in start.hparams.items():
+        kind = value.WhichOneof("kind")
+        hparams[key] = getattr(value, kind)
+    scalars = {tag: acc.Scalars(tag)[-1].value for tag in acc.Tags()["scalars"]}
+    return hparams, scalars

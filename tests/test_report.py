@@ -16,13 +16,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_multirun, tensorboard_dir
+from conftest import REPO, hparams_records, run_multirun
 from filelock import FileLock
 from hydra.core.utils import JobReturn, JobStatus
 from matplotlib.image import imread
 from omegaconf import OmegaConf
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from normlab.report import load_sweep, plots, write_report
 from normlab.report.__main__ import main as report_main
@@ -286,25 +284,6 @@ def test_report_command_compares_with_the_baseline_named(tmp_path):
     contrasts = md_table_rows((sweep_dir / "summary.md").read_text(), "| comparison")
     assert "model/norm: none − batch" in contrasts and "model/norm: batch − none" not in contrasts
     assert "optimizer.lr: 0.1 − 0.01" in contrasts  # the other axis: its first value
-
-
-def hparams_records(run_dir: Path) -> tuple[dict, dict]:
-    """(hyperparameters, last value of each scalar tag) as TensorBoard reads them."""
-    acc = EventAccumulator(str(tensorboard_dir(run_dir)))
-    acc.Reload()
-    content = acc.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
-    starts = [k for k in content if k == hparams_metadata.SESSION_START_INFO_TAG]
-    assert len(starts) == 1, content.keys()
-    start = hparams_metadata.parse_session_start_info_plugin_data(content[starts[0]])
-    # No experiment record: TensorBoard then lists the columns from all the runs shown, those
-    # that differ between them first (one run's record would fix the columns, none differing).
-    assert hparams_metadata.EXPERIMENT_TAG not in content
-    hparams = {}
-    for key, value in start.hparams.items():
-        kind = value.WhichOneof("kind")
-        hparams[key] = getattr(value, kind)
-    scalars = {tag: acc.Scalars(tag)[-1].value for tag in acc.Tags()["scalars"]}
-    return hparams, scalars
 
 
 @pytest.mark.slow

@@ -20,11 +20,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, hparams_records, run_train
 from omegaconf import OmegaConf
 
-# Three epochs with dropout (the default model), so epochs after the kill draw dropout masks.
-CONFIG = ["data=digits", "data.train_size=600", "trainer.max_epochs=3"]
+# Three epochs with dropout, so epochs after the kill draw dropout masks; not the default
+# model and optimizer, so that a resumed run labelled with the defaults would show.
+CONFIG = [
+    "data=digits", "data.train_size=600", "trainer.max_epochs=3",
+    "model=cnn_dropout", "optimizer=adamw",
+]  # fmt: skip
 EPOCHS = 3
 SAME_SECOND = "2025-01-31_12-00-00"
 
@@ -135,6 +139,20 @@ def test_sigkilled_run_resumes_in_its_directory_to_identical_weights_and_metrics
 
 
 @pytest.mark.slow
+def test_a_resumed_run_is_labelled_with_its_own_choices(runs):
+    """Its console header and TensorBoard HParams name what it trains (data=digits,
+    model=cnn_dropout, adamw), as the uninterrupted run's do, not the resume command's
+    defaults (cifar10, cnn_bn_dropout, sgd)."""
+    header = runs["resume_outputs"][0]
+    assert "model cnn_dropout (" in header and "data digits," in header
+    assert "; adamw lr" in header
+    resumed, _ = hparams_records(runs["killed"])
+    uninterrupted, _ = hparams_records(runs["uninterrupted"][0])
+    assert resumed == uninterrupted
+    assert resumed["data"] == "digits" and resumed["optimizer"] == "adamw"
+
+
+@pytest.mark.slow
 def test_without_the_rng_callback_the_resumed_run_diverges(runs):
     """The control: Lightning alone restores weights, optimizer and loops, yet the dropout
     masks after the resume differ, and so do the final weights."""
@@ -210,3 +228,30 @@ def test_stopped_sweep_keeps_finished_jobs_and_marks_the_interrupted_one(stopped
     assert 1 <= stopped["epochs_completed"] < 10 and len(stopped["history"]) >= 1
     assert not (sweep / "2").exists()  # the sweep stopped
     assert f"resume={sweep / '1'}" in output
+
+
+@pytest.mark.slow
+def test_continuing_from_another_runs_checkpoint_tests_a_best_checkpoint_of_its_own(tmp_path):
+    """`ckpt_path=<run>/checkpoints/last.ckpt` with changes, the habit from
+    lightning-hydra-template: whether or not the new run beats the old best validation
+    accuracy, it ends with a best.ckpt in its own folder and tests it (it used to look for the
+    old best under the new folder and crash after training)."""
+    _, first = run_train("data=digits", "trainer.max_epochs=2", run_dir=tmp_path / "first")
+    assert first and first["status"] == "completed"
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    before = (tmp_path / "first" / "checkpoints" / "best.ckpt").read_bytes()
+    for name, overrides in {
+        "stalled": ("trainer.max_epochs=3", "optimizer.lr=1e-9"),  # cannot beat the old best
+        "improved": ("trainer.max_epochs=5",),
+    }.items():
+        proc, continued = run_train(
+            "data=digits", f"ckpt_path={last}", *overrides, run_dir=tmp_path / name
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert continued["status"] == "completed" and continued["epochs_completed"] > 2
+        assert continued["best_checkpoint"] == "checkpoints/best.ckpt"
+        assert (tmp_path / name / "checkpoints" / "best.ckpt").is_file()
+        if name == "stalled":  # the restored best, copied in and tested
+            assert continued["val_acc_best"] == first["val_acc_best"]
+            assert continued["test_acc"] == first["test_acc"]
+    assert (tmp_path / "first" / "checkpoints" / "best.ckpt").read_bytes() == before

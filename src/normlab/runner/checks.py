@@ -46,6 +46,7 @@ from normlab.runner.build import (
 )
 from normlab.runner.console import in_multirun
 from normlab.runner.continue_sweep import ENV as CONTINUE_SWEEP
+from normlab.runner.number_rules import check_numbers
 from normlab.runner.rundir import (
     RunPlan,
     check_architecture,
@@ -282,6 +283,7 @@ def check_values(cfg: DictConfig) -> None:
     check_statistics(cfg)
     positive_int_if_given(cfg, "data.image_size", "the side of the square images, in pixels", 32)
     check_training_batches(cfg)
+    check_numbers(cfg)  # every other number: finite, in its key's range, of its declared type
 
 
 def check_statistics(cfg: DictConfig) -> None:

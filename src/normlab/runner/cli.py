@@ -4,6 +4,7 @@ handled like Ctrl-C; a console about the experiment."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import signal
 import sys
@@ -108,6 +109,20 @@ class _DropTips(logging.Filter):
         return not str(record.msg).startswith(_CHATTER)
 
 
+def _disk_full_in_a_writer_thread(args: threading.ExceptHookArgs) -> None:
+    """A logger's writer thread (TensorBoard's event file writer) that meets a full disk
+    says so in one line; the run itself stops with the message that names the folder."""
+    error = args.exc_value
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        name = args.thread.name if args.thread else "a writer thread"
+        logging.getLogger("normlab").error("%s could not write: %s", name, error.strerror)
+        return
+    _default_thread_hook(args)
+
+
+_default_thread_hook = threading.excepthook
+
+
 def quiet_lightning() -> None:
     """Keep the console about the experiment: drop Lightning's advertising and warnings that do
     not apply to in-memory tensor loaders."""
@@ -128,6 +143,7 @@ def quiet_lightning() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropTips) for f in logger.filters):
             logger.addFilter(_DropTips())
+    threading.excepthook = _disk_full_in_a_writer_thread
     # Warnings through logging: on the console as before, and in train.log as well.
     logging.captureWarnings(True)
     # Data already sits in memory on the training device: worker processes would only copy it.

@@ -280,6 +280,10 @@ class RunPlan:
     # A resumed run's torch threads as it recorded them: the count is part of what makes it
     # bit-identical to an uninterrupted run, whatever the machine's load is now.
     threads: int | None = None
+    # A resumed run's config-group choices (data=digits, model=cnn...) as Hydra recorded them
+    # when it started: its labels (console header, HParams) come from these, not from the
+    # defaults the resume command composed.
+    choices: dict[str, Any] | None = None
 
 
 def plan_run(cfg: DictConfig, overrides: list[str]) -> RunPlan:
@@ -323,8 +327,26 @@ def plan_run(cfg: DictConfig, overrides: list[str]) -> RunPlan:
     threads = recorded.get("threads")
     threads = threads if type(threads) is int and threads > 0 else None
     return RunPlan(
-        saved, saved_overrides(run_dir, "resume"), checkpoint, "resume", True, note, threads
+        saved,
+        saved_overrides(run_dir, "resume"),
+        checkpoint,
+        "resume",
+        True,
+        note,
+        threads,
+        saved_choices(run_dir),
     )
+
+
+def saved_choices(run_dir: Path) -> dict[str, Any]:
+    """The config-group choices Hydra recorded when the run started (`.hydra/hydra.yaml`);
+    {} when that file is missing or unreadable (the labels then say "none")."""
+    try:
+        hydra = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml")
+        choices = OmegaConf.select(hydra, "hydra.runtime.choices")
+        return dict(OmegaConf.to_container(choices)) if choices is not None else {}
+    except Exception:
+        return {}
 
 
 def saved_overrides(run_dir: Path, key: str) -> list[str]:

@@ -103,6 +103,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         datamodule = instantiate(cfg.data)
         trainer = build_trainer(cfg)
         choices = dict(hydra_cfg.runtime.choices) if hydra_cfg is not None else {}
+        if plan.choices is not None:  # resumed: the run's own, not the resume command's
+            choices = plan.choices
         announce(cfg, name, net, trainer, choices, output_dir)
         log.info("torch threads: %d (%s; threads=N overrides)", threads, why)
         if warning := load_warning(threads):

@@ -1,14 +1,19 @@
-"""Checkpoints written whole or not at all.
+"""Checkpoints written whole or not at all, and a best checkpoint that is always the run's own.
 
-Lightning's own writer opens `last.ckpt` and writes into it: a run killed at that moment
-(SIGKILL, a cluster's time limit) leaves a truncated file and `resume=` has nothing to resume
-from. This one writes through `normlab.files.atomic_open`, so the previous checkpoint stays
-until the new one is complete. `ModelCheckpoint` keeps a moved run directory resumable.
+Lightning's TorchCheckpointIO writes through `torch.save` straight to the checkpoint's path
+(Lightning stages nothing: the file is opened and written in place), so a run killed at that
+moment (SIGKILL, a cluster's time limit) leaves a truncated `last.ckpt` and `resume=` has
+nothing to resume from. `AtomicCheckpointIO` writes through `normlab.files.atomic_open`
+instead (a temporary file beside it, renamed over it when complete), so the previous
+checkpoint stays until the new one is whole. `ModelCheckpoint` keeps a moved run directory
+resumable, and gives a run continued from another run's checkpoint (`ckpt_path=`) a best
+checkpoint in its own folder.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +49,31 @@ class ModelCheckpoint(callbacks.ModelCheckpoint):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("dirpath")
         if saved and self.dirpath and os.path.normpath(saved) != os.path.normpath(self.dirpath):
-            state_dict = reroot(state_dict, str(saved), str(self.dirpath))
+            state_dict = self.adopt(state_dict, str(saved), str(self.dirpath))
         super().load_state_dict(state_dict)
+
+    @staticmethod
+    def adopt(state: dict[str, Any], saved: str, here: str) -> dict[str, Any]:
+        """The callback's state from folder `saved`, for this run's folder `here`.
+
+        A moved run finds its best checkpoint under `here`. A new run started from another
+        run's checkpoint (`ckpt_path=`) does not: that file stays in the other run's folder. It
+        is copied in, so the best this run tests (the restored one, unless an epoch beats it)
+        is a file of its own; if it no longer exists anywhere, the best is forgotten and this
+        run's first epoch becomes its best.
+        """
+        moved = reroot(state, saved, here)
+        best_then, best_here = state.get("best_model_path"), moved.get("best_model_path")
+        if not best_then or not best_here or os.path.exists(best_here):
+            return moved
+        if os.path.isfile(best_then):
+            Path(best_here).parent.mkdir(parents=True, exist_ok=True)
+            with open(best_then, "rb") as source, atomic_open(Path(best_here), "wb") as copy:
+                shutil.copyfileobj(source, copy)
+            return moved
+        forgotten = {"best_model_path": "", "best_model_score": None, "best_k_models": {}}
+        kept = {k: v for k, v in moved.items() if k != "kth_value"}  # Lightning's initial one
+        return {**kept, **forgotten, "kth_best_model_path": ""}
 
 
 def reroot(state: Any, old: str, new: str) -> Any:
