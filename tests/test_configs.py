@@ -8,9 +8,12 @@ import pytest
 import torch
 from conftest import CONF, config_options, write_image_folder
 from hydra.utils import get_class, instantiate
+from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import OmegaConf
 
 from normlab.runner.build import build_module, build_network, build_trainer, instantiate_all
+from normlab.runner.checks import check_run
+from normlab.runner.rundir import plan_run
 
 
 def test_config_groups_hold_at_least_the_documented_choices():
@@ -75,11 +78,19 @@ def test_optimizer_and_scheduler_configs(compose_cfg, optimizer, scheduler):
 
 @pytest.mark.parametrize("trainer", config_options("trainer"))
 def test_trainer_configs(compose_cfg, tmp_path, trainer):
+    """Every trainer option builds a real Trainer with its own settings. Without a GPU the
+    gpu options are built for the CPU instead; their other settings (the DDP strategy) are
+    still Lightning's to accept."""
     cfg = compose_cfg([f"trainer={trainer}"], output_dir=tmp_path)
+    on_cpu = {}
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
-        assert cfg.trainer.get("sync_batchnorm", False) == (trainer == "ddp")
-        return  # composes; instantiating needs a GPU
-    assert isinstance(instantiate(cfg.trainer, logger=False), L.Trainer)
+        on_cpu = {"accelerator": "cpu", "devices": 1}
+    built = instantiate(cfg.trainer, logger=False, **on_cpu)
+    assert isinstance(built, L.Trainer)
+    assert built.max_epochs == cfg.trainer.max_epochs
+    distributed = str(cfg.trainer.get("strategy", "auto")).startswith("ddp")
+    assert isinstance(built.strategy, DDPStrategy) == distributed
+    assert cfg.trainer.get("sync_batchnorm", False) == (trainer == "ddp")
 
 
 @pytest.mark.parametrize("logger", config_options("logger"))
@@ -97,7 +108,21 @@ def test_logger_and_callback_configs(compose_cfg, tmp_path, logger):
     "choice", [f"{g}={o}" for g in ("experiment", "debug") for o in config_options(g)]
 )
 def test_experiment_and_debug_configs_compose(compose_cfg, choice):
-    build_network(compose_cfg([choice, "data=digits"]).model)
+    """Each packaged option sets something (an empty file would pass a build alone), and what
+    it sets passes the run's checks."""
+    base = compose_cfg(["data=digits"])
+    cfg = compose_cfg([choice, "data=digits"])
+    assert settings(cfg) != settings(base), f"{choice} changes nothing"
+    check_run(plan_run(cfg, []))
+    build_network(cfg.model)
+
+
+def settings(cfg) -> dict:
+    """The composed config less Hydra's record of how it was composed (choices, overrides)."""
+    container = OmegaConf.to_container(cfg, resolve=False)
+    for key in ("runtime", "overrides", "job"):
+        container.get("hydra", {}).pop(key, None)
+    return container
 
 
 def test_deeper_models_take_every_norm(compose_cfg):

@@ -7,6 +7,7 @@ by side in one module fixture.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import subprocess
@@ -19,12 +20,12 @@ import pytest
 import torch
 from conftest import REPO, compose_config, config_options, write_image_folder
 from finished_run import write_lightning_checkpoint
-from hydra.utils import get_class
+from hydra.utils import get_class, get_object
 from omegaconf import OmegaConf
 
 from normlab.bench.cifar_files import write_cifar10
 from normlab.errors import ConfigError
-from normlab.runner import checks
+from normlab.runner import checks, preflight
 from normlab.runner.rundir import plan_run
 
 
@@ -243,7 +244,15 @@ def test_every_shipped_config_passes_the_checks(compose_cfg, choice, tmp_path):
     cfg = compose_cfg([choice])
     if hasattr(get_class(cfg.data._target_), "class_names_in"):  # reads class folders
         cfg.data.root = str(write_image_folder(tmp_path / "images", classes=tuple("abcdefghij")))
-    checks.check_run(plan_run(cfg, []))
+    net = checks.check_run(plan_run(cfg, []))
+    # What the checks looked at is the network the choice describes, on the meta device.
+    assert all(p.is_meta for p in net.parameters())
+    group = choice.split("=")[0]
+    if group in ("model/norm", "model/dropout"):
+        target = OmegaConf.select(cfg, group.replace("/", ".") + "._target_")
+        layer = get_object(target) if target else None
+        if inspect.isclass(layer):
+            assert any(isinstance(m, layer) for m in net.modules()), f"no {target} in {net}"
 
 
 def test_an_unexpected_exception_in_the_checks_stops_the_run(compose_cfg, monkeypatch, capsys):
@@ -253,10 +262,10 @@ def test_an_unexpected_exception_in_the_checks_stops_the_run(compose_cfg, monkey
     def broken(*args, **kwargs):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(checks, "check_run", broken)
+    monkeypatch.setattr(preflight, "check_run", broken)
     cfg = compose_cfg(["data=digits"])
     with pytest.raises(SystemExit) as stop:
-        checks.Preflight().on_run_start(cfg)
+        preflight.Preflight().on_run_start(cfg)
     assert stop.value.code == 1
     err = capsys.readouterr().err
     assert "the checks before the run failed with ZeroDivisionError: division by zero" in err

@@ -18,7 +18,7 @@ from conftest import run_cli
 
 from normlab.errors import ConfigError
 from normlab.files import FolderLock, absolute_path, folder_in_use
-from normlab.runner import checks
+from normlab.runner import preflight
 from normlab.runner.rundir import claim_run_dir, release_folder
 
 # One epoch of two batches, no TensorBoard or diagnostics: the cheapest real run.
@@ -54,8 +54,8 @@ def test_one_spelling_of_a_folder_gives_one_lock(tmp_path, monkeypatch):
 def test_a_literal_tilde_in_hydras_output_folder_is_refused(tmp_path):
     """Hydra would create a folder named `~` in the current directory."""
     with pytest.raises(ConfigError, match=r"hydra.sweep.dir=~/sweeps: Hydra does not expand ~"):
-        checks.check_paths("~/sweeps", None, key="hydra.sweep.dir")
-    checks.check_paths(tmp_path / "run", None, key="hydra.run.dir")
+        preflight.check_paths("~/sweeps", None, key="hydra.sweep.dir")
+    preflight.check_paths(tmp_path / "run", None, key="hydra.run.dir")
 
 
 def test_a_folder_locked_elsewhere_is_still_refused(tmp_path):

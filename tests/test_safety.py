@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from normlab.errors import ConfigError
 from normlab.files import DiskFullError, folder_in_use, write_json
-from normlab.runner import checks, rundir
+from normlab.runner import checks, preflight, rundir, trust
 from normlab.runner.rundir import allowlisted, claim_run_dir, plan_run, release_folder
 from normlab.training.checkpoints import reroot
 
@@ -91,12 +91,12 @@ def test_the_shipped_configs_and_a_norm_that_conf_names_are_trusted(compose_cfg,
     )
     with pytest.raises(ConfigError, match=r"model.norm._target_=mylab.MyNorm"):
         rundir.saved_config(mine, "run")
-    original = rundir.config_dirs
-    rundir.config_dirs = lambda: [conf]
+    original = trust.config_dirs
+    trust.config_dirs = lambda: [conf]
     try:
         assert rundir.saved_config(mine, "run").model.norm._target_ == "mylab.MyNorm"
     finally:
-        rundir.config_dirs = original
+        trust.config_dirs = original
 
 
 def test_allowlist_follows_the_object_not_the_spelling():
@@ -259,10 +259,24 @@ def test_normalization_statistics_fit_the_images(compose_cfg, overrides, says):
     assert says in str(err.value)
 
 
-def test_statistics_may_be_computed_where_the_data_module_computes_them(compose_cfg):
-    checks.check_values(compose_cfg(["data=image_folder"]))  # both null
-    both = ["data=image_folder", "data.mean=[0.4,0.4,0.4]", "data.std=[0.2,0.2,0.2]"]
-    checks.check_values(compose_cfg(both))
+def test_statistics_may_be_computed_where_the_data_module_computes_them(compose_cfg, tmp_path):
+    """Both null (computed from the images) and both given pass the checks, and the data
+    module then normalizes with the given pair, or with statistics of its own."""
+    from conftest import write_image_folder
+    from hydra.utils import instantiate
+
+    root = write_image_folder(tmp_path / "images")
+    given = ["data.mean=[0.4,0.4,0.4]", "data.std=[0.2,0.2,0.2]"]
+    used = []
+    for stats in ([], given):
+        cfg = compose_cfg(["data=image_folder", f"data.root={root}", *stats])
+        checks.check_values(cfg)
+        datamodule = instantiate(cfg.data)
+        datamodule.setup("fit")
+        used.append([round(float(v), 4) for v in datamodule.eval_transform.mean])
+    computed, chosen = used
+    assert chosen == [0.4, 0.4, 0.4]
+    assert computed != chosen and all(0 <= v <= 1 for v in computed)
 
 
 def test_image_sizes_the_network_cannot_take_are_refused(compose_cfg, tmp_path):
@@ -338,7 +352,7 @@ def test_a_full_disk_names_the_folder_and_keeps_the_old_file(tmp_path, monkeypat
 def test_preflight_refuses_a_disk_without_room(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 1000))
     with pytest.raises(ConfigError, match=r"no space left for the run in .*needs about"):
-        checks.check_space(tmp_path / "run", None)
+        preflight.check_space(tmp_path / "run", None)
 
 
 def test_checkpoint_paths_follow_a_moved_run():

@@ -99,21 +99,20 @@ def train(
     with _project_root(conf.parent), _hydra(conf) as hydra:
         from hydra.types import RunMode
 
-        from normlab.runner.checks import check_single_run, checked_by_caller
-        from normlab.runner.rundir import claim_run_dir, release_folder
+        from normlab.runner.preflight import check_single_run, was_checked
+        from normlab.runner.rundir import release_folder
 
         cfg = _compose(hydra, conf, config_name, overrides_list, RunMode.RUN)
         cfg.hydra.mode = RunMode.RUN
         # What the Preflight callback does for train.py, raising instead of exiting: the
-        # checks, then the run directory created and locked.
-        plan = check_single_run(cfg)
+        # checks, then the run directory created and locked (Preflight then stands aside).
+        check_single_run(cfg)
         run_dir = Path(str(cfg.hydra.run.dir))
-        claim_run_dir(run_dir, plan.resumed)
         try:
-            with checked_by_caller():  # Preflight, among Hydra's callbacks, stands aside
-                results = _run(hydra, cfg, config_name)
+            results = _run(hydra, cfg, config_name)
         finally:
             release_folder(run_dir)  # also when Hydra failed before the run could
+            was_checked(run_dir, forget=True)
     return results
 
 
@@ -217,7 +216,7 @@ def _compose(hydra: Any, conf: Path, config_name: str, overrides: list[str], mod
             config_name, overrides, run_mode=mode, with_log_configuration=False
         )
     except HydraException as err:
-        from normlab.runner.checks import unknown_override_hints
+        from normlab.runner.hints import unknown_override_hints
 
         hints = unknown_override_hints(overrides, conf, config_name)
         # Hydra's own message, less its search path (internals) and its advice to add a
@@ -229,6 +228,8 @@ def _compose(hydra: Any, conf: Path, config_name: str, overrides: list[str], mod
 def _run(hydra: Any, cfg: DictConfig, config_name: str) -> dict[str, Any]:
     """What Hydra's own `run` does after composing (output dir, `.hydra/`, logging to the
     console and train.log, callbacks), with the task raising instead of exiting."""
+    # Private: Hydra has no public way to run a composed config's callbacks (Preflight, the
+    # sweep report) outside hydra.main; run_job below takes them as this object.
     from hydra._internal.callbacks import Callbacks
     from hydra.core.utils import run_job
     from hydra.types import HydraContext

@@ -47,7 +47,7 @@ def explain_unknown_keys(
         yield
     except SystemExit as stop:
         if stop.code == 1 and composition_failed(stop):
-            from normlab.runner.checks import unknown_override_hints
+            from normlab.runner.hints import unknown_override_hints
 
             for hint in unknown_override_hints(overrides, config_dir, config_name):
                 print(f"error: {hint}", file=sys.stderr)

@@ -1,0 +1,116 @@
+"""Did-you-mean hints for mistyped keys and config-group options (`python train.py` and
+`normlab.train`): Hydra's own refusal advises adding the key with `+`, wrong for a typo."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def unknown_key_message(key: str, candidates: Iterable[str], owner: str = "") -> str:
+    parent, _, leaf = key.rpartition(".")
+    candidates = sorted(candidates)
+    alias = KEY_ALIASES.get(key) if not parent else None
+    match = [alias] if alias in candidates else []
+    match = match or difflib.get_close_matches(leaf, candidates, n=1, cutoff=0.6)
+    where = f" ({owner})" if owner else ""
+    hint = f"did you mean {parent + '.' if parent else ''}{match[0]}?" if match else ""
+    return (
+        f"{key} is not a setting of {parent or 'the config'}{where}; {hint or 'check the key.'}"
+        " `python train.py --cfg job` prints every setting."
+    )
+
+
+def unknown_override_hints(overrides: list[str], config_dir: Path, config_name: str) -> list[str]:
+    """Messages for command-line `key=value` overrides whose key does not exist.
+
+    Hydra rejects such a key with advice to add it with `+`, which is wrong for a typo; this
+    finds the setting the user most likely meant. The config is composed with only the
+    group choices on the command line (e.g. `data=digits`), so it has the keys those choices
+    bring.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = [o for o in overrides if "=" in o and not o.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:
+        return []  # Hydra has already explained a malformed override
+    hints = []
+    groups = []
+    for o in parsed:
+        if o.is_sweep_override() or not (config_dir / o.key_or_group).is_dir():
+            continue
+        hint = unknown_option_hint(o.key_or_group, o.value(), config_dir)
+        if hint:
+            hints.append(hint)
+        else:
+            groups.append(o.input_line)
+    plain = [
+        o.key_or_group
+        for o in parsed
+        if not (o.is_add() or o.is_force_add() or o.is_delete() or o.is_hydra_override())
+        and not (config_dir / o.key_or_group).is_dir()
+    ]
+    if not plain:
+        return hints
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            cfg = compose(config_name, overrides=groups)
+    except Exception:
+        return hints
+    finally:
+        GlobalHydra.instance().clear()
+    for key in plain:
+        parts = key.split(".")
+        node: Any = cfg
+        for depth, part in enumerate(parts):
+            # keys(), not `in`: a key whose value is still `???` is not "in" a DictConfig.
+            if not isinstance(node, DictConfig) or part not in node.keys():  # noqa: SIM118
+                known = list(node.keys()) if isinstance(node, DictConfig) else []
+                wrong = ".".join(parts[: depth + 1])
+                hints.append(unknown_key_message(wrong, known))
+                break
+            if OmegaConf.is_missing(node, part):
+                break
+            node = node[part]
+    return hints
+
+
+# Option names lightning-hydra-template users type, and normlab's own.
+OPTION_ALIASES = {
+    "debug": {"profiler": "profile", "default": "fast", "fdr": "fast", "limit": "fast"},
+    "logger": {"many_loggers": "many", "tensorboard_csv": "many"},
+    "trainer": {"ddp_sim": "ddp_cpu", "mps": "gpu"},
+    "callbacks": {"null": "none"},
+}
+
+
+# Top-level keys of lightning-hydra-template that normlab names otherwise.
+KEY_ALIASES = {"task_name": "name"}
+
+
+def unknown_option_hint(group: str, value: Any, config_dir: Path) -> str | None:
+    """`debug=profiler is not an option of debug; did you mean debug=profile?`, or None when
+    `value` is one of the group's options (or not a plain name)."""
+    if not isinstance(value, str) or group.startswith("hydra"):
+        return None  # Hydra's groups also hold its plugins' options (hydra/launcher=joblib)
+    options = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+    if value in options:
+        return None
+    match = OPTION_ALIASES.get(group, {}).get(value)
+    if match not in options:
+        close = difflib.get_close_matches(value, options, n=1, cutoff=0.6)
+        match = close[0] if close else None
+    hint = f"did you mean {group}={match}? " if match else ""
+    return (
+        f"{group}={value} is not an option of {group}; {hint}"
+        f"The options: {', '.join(options)} (files in conf/{group}/)."
+    )
