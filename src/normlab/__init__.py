@@ -29,7 +29,23 @@ _RESOLVERS = {
     "config_subdir": (lambda resume: None if resume else ".hydra", False),
     # `${run_name:${name},${hydra.overrides.task}}`: `model-cnn_bn+seed-3` (normlab.runner.names).
     "run_name": (lambda name, overrides: _run_name(name, overrides), False),
+    # conf/hydra/launcher/slurm.yaml: GPUs, CPUs and memory that follow the trainer.
+    "slurm_gpus_per_node": (
+        lambda accelerator, devices: _slurm().gpus_per_node(accelerator, devices),
+        False,
+    ),
+    "slurm_cpus_per_task": (
+        lambda accelerator, threads: _slurm().cpus_per_task(accelerator, threads),
+        False,
+    ),
+    "slurm_mem_gb": (lambda accelerator, tasks: _slurm().mem_gb(accelerator, tasks), False),
 }
+
+
+def _slurm():
+    from normlab import slurm
+
+    return slurm
 
 
 def _run_name(name, overrides) -> str:
