@@ -39,7 +39,16 @@ _RESOLVERS = {
         False,
     ),
     "slurm_mem_gb": (lambda accelerator, tasks: _slurm().mem_gb(accelerator, tasks), False),
+    # conf/logger/mlflow.yaml, wandb.yaml: tags as MLflow wants them; W&B offline by default.
+    "tracker_tags": (lambda tags: _trackers().tracker_tags(tags), False),
+    "wandb_mode": (lambda: _trackers().wandb_mode(), False),
 }
+
+
+def _trackers():
+    from normlab import trackers
+
+    return trackers
 
 
 def _slurm():
