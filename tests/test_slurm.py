@@ -154,12 +154,17 @@ def test_ddp_under_slurm_uses_the_tasks_as_ranks_without_relaunching(slurm_sweep
     record = results(job_dir / "0")
     assert record["status"] == "completed" and record["test_acc"] > 0.5
     assert record["slurm_job_id"]
-    # SLURM started both tasks (one log each); Lightning joined them as ranks 0 and 1 of 2.
-    logs = sorted((job_dir / ".submitit" / record["slurm_job_id"]).glob("*_log.err"))
-    assert len(logs) == 2
-    ranks = " ".join(log.read_text() for log in logs)
-    assert "GLOBAL_RANK: 0, MEMBER: 1/2" in ranks and "GLOBAL_RANK: 1, MEMBER: 2/2" in ranks
-    assert "SLURM auto-requeueing enabled" in ranks  # Lightning's SLURMEnvironment
+    # SLURM started both tasks (one log each), both finished; Lightning joined them as ranks
+    # 0 and 1 of 2 (both write the job's train.log) through its SLURMEnvironment.
+    task_logs = sorted((job_dir / ".submitit" / record["slurm_job_id"]).glob("*_log.out"))
+    assert len(task_logs) == 2
+    for rank, log in enumerate(task_logs):
+        assert f"global_rank={rank}(2)" in log.read_text()
+        assert "Job completed successfully" in log.read_text()
+    train_log = (job_dir / "0" / "train.log").read_text()
+    assert "GLOBAL_RANK: 0, MEMBER: 1/2" in train_log and "GLOBAL_RANK: 1, MEMBER: 2/2" in train_log
+    assert "Starting with 2 processes" in train_log
+    assert "SLURM auto-requeueing enabled" in train_log  # Lightning's SLURMEnvironment
 
 
 def srun_train(job_name: str, *overrides: str, run_dir: Path, env: dict) -> subprocess.Popen:

@@ -21,7 +21,9 @@ def test_wandb_stays_offline_without_credentials(tmp_path, monkeypatch):
     assert wandb_mode({}) == "offline"
     assert wandb_mode({"WANDB_API_KEY": "x"}) == "online"
     assert wandb_mode({"WANDB_MODE": "disabled", "WANDB_API_KEY": "x"}) == "disabled"
-    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password key\n")
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine api.wandb.ai\n  login user\n  password key\n")
+    netrc.chmod(0o600)  # as `wandb login` writes it (Python refuses a readable one)
     assert wandb_mode({}) == "online"
 
 
