@@ -30,6 +30,19 @@ _RESOLVERS = {
     "config_subdir": (lambda resume, output_dir: _config_subdir(resume, output_dir), False),
     # `${run_name:${name},${hydra.overrides.task}}`: `model-cnn_bn+seed-3` (normlab.runner.names).
     "run_name": (lambda name, overrides: _run_name(name, overrides), False),
+    # conf/hydra/launcher/slurm.yaml: GPUs, CPUs and memory that follow the trainer.
+    "slurm_gpus_per_node": (
+        lambda accelerator, devices: _slurm().gpus_per_node(accelerator, devices),
+        False,
+    ),
+    "slurm_cpus_per_task": (
+        lambda accelerator, threads: _slurm().cpus_per_task(accelerator, threads),
+        False,
+    ),
+    "slurm_mem_gb": (lambda accelerator, tasks: _slurm().mem_gb(accelerator, tasks), False),
+    # conf/logger/mlflow.yaml, wandb.yaml: tags as MLflow wants them; W&B offline by default.
+    "tracker_tags": (lambda tags: _trackers().tracker_tags(tags), False),
+    "wandb_mode": (lambda: _trackers().wandb_mode(), False),
 }
 
 
@@ -39,6 +52,18 @@ def _config_subdir(resume, output_dir) -> str | None:
     continued = os.environ.get("NORMLAB_CONTINUE_SWEEP")  # normlab.runner.continue_sweep.ENV
     saved = os.path.join(str(output_dir), ".hydra", "config.yaml")
     return None if continued and os.path.isfile(saved) else ".hydra"
+
+
+def _trackers():
+    from normlab import trackers
+
+    return trackers
+
+
+def _slurm():
+    from normlab import slurm
+
+    return slurm
 
 
 def _run_name(name, overrides) -> str:

@@ -47,6 +47,7 @@ from normlab.runner.threads import (
     threads_for_run,
     threads_kept_for_ranks,
 )
+from normlab.slurm import job_record as slurm_job_record
 from normlab.training import ImageClassifier, MetricHistory, divergence_record
 from normlab.training.hparams import record_hparams
 
@@ -163,6 +164,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results["name"] = name
         results["threads"] = threads
         results["tags"] = [str(t) for t in cfg.get("tags") or []]
+        results.update(slurm_job_record())  # which SLURM job produced it, under SLURM
         # Under DDP every rank runs this function; rank 0 holds the reduced metrics. A resumed
         # run that failed before training keeps the results.json it had.
         if (trainer is None or trainer.is_global_zero) and (training or not plan.resumed):

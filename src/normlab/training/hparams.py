@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from normlab.results import result_number, train_val_gap
+from normlab.trackers import is_tracker, record_final
 
 # HParams metric tag -> results.json key. With no experiment record, TensorBoard lists the
 # metrics of the runs' scalar tags in name order and displays the first five: `acc/` sorts
@@ -55,7 +56,8 @@ def hparams_metrics(results: Mapping[str, Any]) -> dict[str, float]:
 def record_hparams(
     loggers: Iterable[Logger], hparams: Mapping[str, Any], results: Mapping[str, Any], step: int
 ) -> None:
-    """Write the HParams entry to every TensorBoard logger of the run."""
+    """Write the HParams entry to every TensorBoard logger of the run, and the same values
+    and metrics to MLflow and W&B (normlab.trackers)."""
     from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
     params = {key: _plain(value) for key, value in hparams.items()}
@@ -71,6 +73,8 @@ def record_hparams(
             # The Trainer already finalized (closed) the logger after `test`; finalize again so
             # the new entry is flushed and the file closed.
             logger.finalize("success")
+        elif is_tracker(logger):
+            record_final(logger, params, metrics, step)
 
 
 def _plain(value: Any) -> bool | int | float | str:
