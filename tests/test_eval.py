@@ -320,7 +320,8 @@ def test_predict_rejects_unreadable_files_and_missing_runs(run, tmp_path, capsys
         ([f"run={run.run_dir}"], "at least one image"),
         (
             [f"run={other_model}", str(not_an_image)],
-            f"checkpoint={other_model / 'checkpoints' / 'best.ckpt'} was saved by a different "
+            f"run={other_model} which=best: its checkpoint "
+            f"{other_model / 'checkpoints' / 'best.ckpt'} was saved by a different "
             "architecture (SeedCNN with norm=BatchNorm2d, dropout=Dropout): it has 10 this "
             "network lacks (features.0.norm.weight,",
         ),

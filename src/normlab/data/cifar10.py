@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import pickle
+import shlex
 import socket
 from pathlib import Path
 from typing import ClassVar
@@ -145,7 +146,8 @@ class CIFAR10DataModule(InMemoryDataModule):
             f"Four ways out: place {ARCHIVE} (from {URL}) in {self.root} and it will "
             "be unpacked on the next run; point data.root at a folder that already holds "
             f"{FOLDER}/; if you have the JPEG copy ({JPEG_FOLDER}.tar.gz), unpack it with "
-            f"tar -xzf {JPEG_FOLDER}.tar.gz -C {self.root}/ and train with data=cifar10_jpeg; "
+            f"tar -xzf {JPEG_FOLDER}.tar.gz -C {shlex.quote(str(self.root))}/ and train with "
+            "data=cifar10_jpeg; "
             "or train offline on scikit-learn's digits with data=digits."
         )
 

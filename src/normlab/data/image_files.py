@@ -52,13 +52,13 @@ def images_under(folder: Path, left_out: LeftOut, seen: set[tuple[int, int]]) ->
     while stack:
         current = stack.pop()
         try:
-            identity = _identity(current)
+            identity = folder_identity(current)
             entries = sorted(os.scandir(current), key=lambda e: e.name)
         except OSError as err:
             left_out.add(f"unreadable folders ({err.strerror})", current)
             continue
         if identity in seen:
-            left_out.add("folders reached twice through links (used once)", current)
+            left_out.add("linked folders already walked (a loop, or a second link)", current)
             continue
         seen.add(identity)
         subfolders = []
@@ -80,7 +80,7 @@ def images_under(folder: Path, left_out: LeftOut, seen: set[tuple[int, int]]) ->
     return sorted(found)
 
 
-def _identity(folder: Path) -> tuple[int, int]:
+def folder_identity(folder: Path) -> tuple[int, int]:
     stat = folder.stat()  # follows links: a linked folder is the folder it points to
     return stat.st_dev, stat.st_ino
 

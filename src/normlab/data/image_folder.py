@@ -26,6 +26,7 @@ from normlab.data.image_files import (
     IMAGE_SUFFIXES,
     SHOWN,
     LeftOut,
+    folder_identity,
     images_under,
     per_class_counts,
 )
@@ -109,7 +110,9 @@ def list_images(split_dir: Path, key: str) -> tuple[list[str], list[tuple[Path, 
     folders = class_folders(split_dir, key)
     files: list[tuple[Path, int]] = []
     left_out = LeftOut()
-    seen: set[tuple[int, int]] = set()
+    # The split folder counts as walked: a link back up to it (train/dog/up -> train/) is a
+    # loop, named as such.
+    seen = {folder_identity(split_dir)}
     for label, folder in enumerate(folders):
         found = images_under(folder, left_out, seen)
         if not found:
@@ -119,7 +122,7 @@ def list_images(split_dir: Path, key: str) -> tuple[list[str], list[tuple[Path, 
             )
         files += [(path, label) for path in found]
     if left_out:
-        log.warning("Left out %d files under %s: %s", len(left_out), split_dir,
+        log.warning("Left out %d files or folders under %s: %s", len(left_out), split_dir,
                     left_out.describe())  # fmt: skip
     return [f.name for f in folders], files
 
