@@ -572,7 +572,9 @@ def test_files_left_out_are_counted_and_named_in_one_warning(tmp_path, caplog):
         setup_dm(root)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings
-    assert warnings[0].startswith(f"Left out 4 files or folders under {root / 'train'}: "), warnings[0]
+    assert warnings[0].startswith(f"Left out 4 files or folders under {root / 'train'}: "), (
+        warnings[0]
+    )
     for name in ("notes.txt", "anim.gif", "gone.png", ".hidden.png"):
         assert str(cat / name) in warnings[0]
 

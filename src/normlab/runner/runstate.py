@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 from torch import nn
 
 from normlab.errors import ConfigError
@@ -57,6 +58,15 @@ def parse_run(value: str) -> str:
             "predict read run= the same way. Quote it, inside the shell's quotes, e.g. "
             f"{override('run', value)}."
         ) from None
+    if isinstance(parsed, str):
+        try:  # OmegaConf's escapes and interpolations, as eval.py's config resolves them
+            parsed = OmegaConf.create({"run": parsed}).run
+        except Exception as err:
+            first_line = (str(err).splitlines() or [""])[0]
+            raise ConfigError(
+                f"run={value}: {first_line}. A literal ${{ in a path is written \\${{ inside "
+                f"quotes, e.g. {override('run', '/data/${x}/run')}."
+            ) from None
     if not isinstance(parsed, str) or not parsed:
         raise ConfigError(
             f"run={value}: give one run directory, e.g. run=logs/runs/2026-01-31_12-00-00_1234 "
