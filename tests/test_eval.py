@@ -23,6 +23,7 @@ from normlab.runner.build import build_network
 from normlab.runner.evaluate import evaluate
 from normlab.runner.predict import main as predict_main
 from normlab.runner.rundir import network_weights
+from normlab.runner.runstate import retire_eval_record
 
 TEST_IMAGES = 360  # the digits test split
 
@@ -428,3 +429,16 @@ def test_a_truncated_checkpoint_is_named_by_the_keys_the_user_typed(run, tmp_pat
     prefix = f"run={copy} which=best: its checkpoint {best}: not a readable PyTorch checkpoint"
     assert message.startswith(prefix), message
     assert "which=last" in message and "checkpoint=" not in message
+
+
+@pytest.mark.parametrize("which,retired", [("best", True), ("last", True), (None, False)])
+def test_a_resumed_runs_own_eval_json_is_retired_a_copys_kept(tmp_path, which, retired):
+    record = {"which": which, "test_acc": 0.5, "run_status": "interrupted"}
+    (tmp_path / "eval.json").write_text(json.dumps(record))
+    moved = retire_eval_record(tmp_path)
+    assert (moved is not None) == retired
+    assert (tmp_path / "eval.json").exists() != retired
+    if retired:
+        kept = json.loads(moved.read_text())
+        assert kept["test_acc"] == 0.5 and "resumed" in kept["superseded"]
+    assert retire_eval_record(tmp_path / "nowhere") is None

@@ -5,6 +5,7 @@ Both read `run=` by Hydra's override grammar, so one quoting rule serves both.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from normlab.errors import ConfigError
-from normlab.files import absolute_path, folder_in_use
+from normlab.files import absolute_path, folder_in_use, write_json
 from normlab.runner.commands import command, override
 from normlab.runner.rundir import check_architecture, load_checkpoint, read_results
 
@@ -106,3 +107,28 @@ def _reworded(err: ConfigError, run_dir: Path, which: str, path: Path) -> Config
             f"with which={other}, or restore checkpoints/ from a copy."
         )
     return ConfigError(text.replace(_MARK, "run"))
+
+
+SUPERSEDED = "eval.superseded.json"
+
+
+def retire_eval_record(run_dir: str | Path) -> Path | None:
+    """For train.py when it resumes a run: an eval.json that tested the run's own best or
+    last checkpoint describes files the run is about to replace, so it moves to
+    eval.superseded.json (with a note): the folder never holds two different figures for
+    "the best checkpoint". Returns the new path, or None when there was nothing to retire."""
+    path = Path(run_dir) / "eval.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("which") not in ("best", "last"):
+        return None  # a copy's figure (ckpt_path= elsewhere): no checkpoint of the run changes
+    record["superseded"] = (
+        "the run was resumed after this evaluation and its checkpoints changed; run eval.py "
+        "again once it has finished"
+    )
+    target = path.with_name(SUPERSEDED)
+    write_json(target, record)
+    path.unlink()
+    return target
