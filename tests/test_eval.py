@@ -314,8 +314,12 @@ def test_predict_rejects_unreadable_files_and_missing_runs(run, tmp_path, capsys
     cfg = OmegaConf.load(other_model / ".hydra" / "config.yaml")
     cfg.model = compose_config(["model=cnn"]).model
     OmegaConf.save(cfg, other_model / ".hydra" / "config.yaml")
+    gif = tmp_path / "anim.gif"
+    Image.new("RGB", (32, 32)).save(gif)  # a real GIF: training skips the type, so does predict
     for argv, message in [
         ([f"run={run.run_dir}", str(not_an_image)], "not a readable image"),
+        ([f"run={run.run_dir}", str(gif)], "not one of the image types normlab reads"),
+        ([f"run={run.run_dir}/lo gs ü", str(gif)], "Quote it"),
         ([f"run={run.run_dir}", str(tmp_path / "absent.png")], "no such image file"),
         ([f"run={tmp_path / 'nowhere'}", str(not_an_image)], "no such directory"),
         ([f"run={run.run_dir}"], "at least one image"),
@@ -442,3 +446,12 @@ def test_a_resumed_runs_own_eval_json_is_retired_a_copys_kept(tmp_path, which, r
         kept = json.loads(moved.read_text())
         assert kept["test_acc"] == 0.5 and "resumed" in kept["superseded"]
     assert retire_eval_record(tmp_path / "nowhere") is None
+
+
+@pytest.mark.slow
+def test_predict_reads_a_quoted_run_as_eval_py_does(run, tmp_path, capsys):
+    copy = copy_run(run.run_dir, tmp_path / "lo gs ü" / "a, b")
+    image = tmp_path / "x.png"
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(image)
+    assert predict_main([f"run='{copy}'", str(image)]) == 0  # Hydra's quotes, as eval.py takes
+    assert capsys.readouterr().out.startswith(f"{image}: ")
