@@ -33,12 +33,13 @@ class LeftOut:
         return sum(len(paths) for paths in self.reasons.values())
 
     def describe(self) -> str:
-        """`3 not images (a.txt, b.csv, c.md), 1 folder link loop (ship/again -> ship)`."""
+        """`files that are not images: 2 (a.txt, b.gif); broken links or special files: 1
+        (c.png)`: each reason with its count and first few paths."""
         parts = []
         for reason, paths in self.reasons.items():
             shown = ", ".join(str(p) for p in paths[:SHOWN])
             more = f", and {len(paths) - SHOWN} more" if len(paths) > SHOWN else ""
-            parts.append(f"{len(paths)} {reason} ({shown}{more})")
+            parts.append(f"{reason}: {len(paths)} ({shown}{more})")
         return "; ".join(parts)
 
 

@@ -1,7 +1,9 @@
 """Your own images, laid out in class folders, held in memory like every other dataset.
 
 `root/train/<class>/*` (and optionally `root/test/<class>/*`) in torchvision's ImageFolder
-convention: class names are the folder names, sorted. Every image is decoded once, converted
+convention: class names are the folder names, sorted; every image under a class folder counts,
+at any depth and through symbolic links (normlab.data.image_files, which names in one warning
+whatever it leaves out). Every image is decoded once, converted
 to RGB, resized to `image_size` and stored as one uint8 tensor, which is cached on disk: the
 next run loads the cache in about a second, and the cache is rebuilt when a file in the folder
 is added, removed or changed.

@@ -2,11 +2,14 @@
 
     python -m normlab.predict run=<run dir> [which=best|last] [top=3] IMAGE [IMAGE ...]
 
-PNG, JPEG, BMP or WEBP of any size and mode: each image is converted as data=image_folder
-converts training images (RGB, 16-bit scaled to 8, shorter side resized to the network's
-image size and centre-cropped) and normalized with the statistics the run recorded, exactly
-as validation batches are. Prints the top classes with their probabilities, using the
-dataset's class names.
+`run=` is read by Hydra's override grammar, as eval.py reads it: a path with a space, a comma
+or a non-ASCII letter goes in single quotes inside the shell's, "run='/data/my runs/x'".
+
+PNG, JPEG, BMP or WEBP (the types training reads; others are refused) of any size and
+mode: each image is converted as data=image_folder converts training images (RGB, 16-bit
+scaled to 8, shorter side resized to the network's image size and centre-cropped) and
+normalized with the statistics the run recorded, exactly as validation batches are. Prints
+the top classes with their probabilities, using the dataset's class names.
 """
 
 from __future__ import annotations
