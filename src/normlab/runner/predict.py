@@ -44,7 +44,7 @@ class Predictor:
 
     def __init__(self, run_dir: Path, which: str = "best") -> None:
         cfg = saved_config(run_dir, "run")
-        check_not_training(run_dir, "-m normlab.predict", " IMAGE ...")
+        check_not_training(run_dir, "-m normlab.predict", " IMAGE [IMAGE ...]")
         path = checkpoint_path(run_dir, which)
         checkpoint = load_run_checkpoint(run_dir, which, path)
         self.net = build_network_or_error(cfg.model)
