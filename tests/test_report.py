@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, hparams_records, run_multirun
 from filelock import FileLock
+from finished_run import digits_run
 from hydra.core.utils import JobReturn, JobStatus
 from matplotlib.image import imread
 from omegaconf import OmegaConf
@@ -25,6 +26,7 @@ from omegaconf import OmegaConf
 from normlab.report import load_sweep, plots, write_report
 from normlab.report.__main__ import main as report_main
 from normlab.report.numbers import format_number, short_forms
+from normlab.report.schema import schema_problem
 from normlab.runner import sweep as sweep_callback
 from normlab.runner.sweep import SweepReport
 
@@ -489,3 +491,68 @@ def test_summary_csv_holds_lists_and_mappings_as_json_and_errors_whole(tmp_path)
     )
     assert completed["name"] == "seed-0" and float(completed["test_acc"]) == 0.5
     assert failed["error"] == error and failed["classes"] == "" and completed["error"] == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# results.json is checked against its schema: a bad value is never counted, copied or guessed.
+
+GOOD = {"status": "completed", "val_acc_best": 0.6, "val_acc_final": 0.6, "test_acc": 0.5}
+
+
+@pytest.mark.parametrize(
+    "bad,at_fault",
+    [
+        ({"test_acc": "0.91"}, '"test_acc" is text ("0.91"), not a number'),
+        ({"test_acc": True}, '"test_acc" is true, not a number'),
+        ({"overrides": "seed=2"}, '"overrides" is text ("seed=2"), not a list of strings'),
+        ({"overrides": ["seed=2", 3]}, '"overrides" holds 3, not only strings'),
+        ({"epochs_completed": 2.5}, '"epochs_completed" is 2.5, not a whole number'),
+        ({"status": "done"}, '"status" is text ("done"), not one of completed'),
+        ({"history": [{"epoch": 0, "val/acc": "0.5"}]}, '"history" entry 0: val/acc is text'),
+        ({"val_acc_best": float("nan")}, '"val_acc_best" is nan, not a finite number'),
+    ],
+    ids=["text", "bool", "overrides text", "overrides item", "epochs", "status", "history", "nan"],
+)
+def test_a_results_file_that_breaks_the_schema_is_unreadable_and_never_counted(
+    tmp_path, bad, at_fault
+):
+    for job, seed in enumerate((0, 1)):
+        (tmp_path / str(job)).mkdir()
+        (tmp_path / str(job) / "results.json").write_text(
+            json.dumps({**GOOD, "overrides": [f"seed={seed}"]})
+        )
+    (tmp_path / "2" / ".hydra").mkdir(parents=True)
+    (tmp_path / "2" / ".hydra" / "overrides.yaml").write_text("- seed=2\n")
+    (tmp_path / "2" / "results.json").write_text(
+        json.dumps({**GOOD, "overrides": ["seed=2"], "test_acc": 0.9, **bad})
+    )
+    proc = report_command(str(tmp_path), "--no-plots")
+    assert proc.returncode == 0, proc.stderr
+    # On the console, naming the job and the key.
+    assert f"warning: job 2: results.json {at_fault}" in proc.stderr, proc.stderr
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "3 jobs in 1 configurations: 2 completed, 1 unreadable." in markdown
+    assert "| 2 | all runs | 2 | unreadable | – | results.json " + at_fault in markdown
+    # Only the two good jobs in the mean: 0.5 and 0.5, not 0.9 or true.
+    configs = md_table_rows(markdown, "| configuration")
+    assert configs["all runs"][:4] == ["2", "0.6000 ± 0.0000", "0.6000 ± 0.0000", "0.5000 ± 0.0000"]
+    with (tmp_path / "summary.csv").open(newline="") as f:
+        rows = {row["job"]: row for row in csv.DictReader(f)}
+    assert rows["2"]["status"] == "unreadable" and rows["2"]["test_acc"] == ""
+    assert rows["2"]["seed"] == "2" and at_fault in rows["2"]["error"]
+
+
+@pytest.mark.parametrize("content", ['{"status": "completed", "test_acc": 0.9', "[0.9]", "\xff"])
+def test_a_results_file_that_is_not_a_json_object_is_unreadable(tmp_path, content):
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "results.json").write_bytes(content.encode("latin-1"))
+    sweep = load_sweep(tmp_path)
+    assert sweep.jobs[0].status == "unreadable" and not sweep.jobs[0].measured
+    assert sweep.jobs[0].detail.startswith("results.json ")
+
+
+@pytest.mark.slow
+def test_what_train_py_writes_fits_the_schema(tmp_path_factory):
+    run = digits_run(tmp_path_factory)
+    assert schema_problem(run.results) is None
+    assert schema_problem({"status": "running", "overrides": ["seed=1"]}) is None

@@ -19,12 +19,15 @@ __all__ = ["Sweep", "load_sweep", "write_report"]
 
 
 def write_report(
-    sweep_dir: Path | str, plots: bool = True, baselines: dict[str, str] | None = None
+    sweep_dir: Path | str,
+    plots: bool = True,
+    baselines: dict[str, str] | None = None,
+    sweep: Sweep | None = None,
 ) -> Path:
     """Write summary.csv, summary.md and (with `plots`) the PNGs; return summary.md's path.
     `baselines` names, per swept axis, the value the others are compared with (default: the
-    first value swept)."""
-    sweep = load_sweep(Path(sweep_dir))
+    first value swept); `sweep` is the sweep already loaded from `sweep_dir`, if it was."""
+    sweep = sweep or load_sweep(Path(sweep_dir))
     check_baselines(sweep, baselines)  # before anything is written
     write_csv(sweep, sweep.path / "summary.csv")
     written: list[str] = []

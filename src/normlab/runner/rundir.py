@@ -34,6 +34,7 @@ from torch import nn
 
 from normlab.errors import ConfigError, NormlabError
 from normlab.files import FolderLock, absolute_path, reraise_disk_full
+from normlab.runner.commands import command
 from normlab.runner.names import is_run_setting, override_key
 
 log = logging.getLogger("normlab")
@@ -318,8 +319,8 @@ def plan_run(cfg: DictConfig, overrides: list[str]) -> RunPlan:
     if recorded.get("status") == "completed":
         raise ConfigError(
             f"resume={run_dir}: this run has completed (results.json says so); there is "
-            f"nothing to continue. Re-test it with python eval.py run={run_dir}, or start a new "
-            "run to train longer."
+            f"nothing to continue. Re-test it with {command('eval.py', run=run_dir)}, or start a "
+            "new run to train longer."
         )
     apply_run_settings(saved, cfg, overrides)
     # Killed before its first checkpoint: the run starts again from step 0, in its directory.
@@ -618,8 +619,8 @@ def claim_run_dir(run_dir: str | Path, resumed: bool, key: str = "hydra.run.dir"
         if not resumed and holds_run(run_dir):
             raise ConfigError(
                 f"{key}={run_dir} already holds a run (results.json or checkpoints/), and a new "
-                "run would overwrite it. Continue it with python train.py "
-                f"resume={run_dir}, re-test it with python eval.py run={run_dir}, or give the "
+                f"run would overwrite it. Continue it with {command('train.py', resume=run_dir)}, "
+                f"re-test it with {command('eval.py', run=run_dir)}, or give the "
                 "new run another folder (leave hydra.run.dir out for a fresh one)."
             )
 

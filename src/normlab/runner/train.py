@@ -28,6 +28,7 @@ from normlab.files import DiskFullError, atomic_open, disk_full, write_json
 from normlab.runner.build import build_module, build_network, build_trainer
 from normlab.runner.checks import check_run, checked_by_preflight
 from normlab.runner.cli import quiet_lightning
+from normlab.runner.commands import command
 from normlab.runner.console import JOB_SUMMARY, in_multirun
 from normlab.runner.continue_sweep import job_in_continued_sweep, say_kept
 from normlab.runner.names import choice, defining_hparams, is_run_setting, run_name
@@ -143,7 +144,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     except (KeyboardInterrupt, SystemExit):
         # Ctrl-C or SIGTERM (see normlab.runner.cli), or Lightning exiting after either.
         results["status"] = "interrupted"
-        log.warning("interrupted; continue with: python train.py resume=%s", output_dir)
+        log.warning("interrupted; continue with: %s", command("train.py", resume=output_dir))
         raise KeyboardInterrupt from None
     except OSError as err:
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
