@@ -101,6 +101,8 @@ def runs(tmp_path_factory) -> dict:
     early_dir = root / "killed_before_first_checkpoint"
     shutil.copytree(run_dirs[0] / ".hydra", early_dir / ".hydra")
 
+    # An evaluation of the interrupted run's best checkpoint, which the resume will replace.
+    (killed_dir / "eval.json").write_text(json.dumps({"which": "best", "test_acc": 0.5}))
     # verbose= says how the run reports, not what it trains: it may accompany resume=.
     resumes = [
         start_train(f"resume={killed_dir}", cwd=root),
@@ -150,6 +152,14 @@ def test_a_resumed_run_is_labelled_with_its_own_choices(runs):
     uninterrupted, _ = hparams_records(runs["uninterrupted"][0])
     assert resumed == uninterrupted
     assert resumed["data"] == "digits" and resumed["optimizer"] == "adamw"
+
+
+@pytest.mark.slow
+def test_resuming_retires_an_evaluation_of_the_checkpoints_it_replaces(runs):
+    """Never two "best checkpoint" figures in one folder: the stale eval.json moves aside."""
+    assert not (runs["killed"] / "eval.json").exists()
+    retired = json.loads((runs["killed"] / "eval.superseded.json").read_text())
+    assert retired["test_acc"] == 0.5 and "resumed" in retired["superseded"]
 
 
 @pytest.mark.slow

@@ -41,6 +41,7 @@ from normlab.runner.rundir import (
     release_folder,
     task_overrides,
 )
+from normlab.runner.runstate import retire_eval_record
 from normlab.runner.sweep import report_interrupted_sweep
 from normlab.runner.threads import (
     ddp_processes,
@@ -115,6 +116,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if plan.resumed:
             start = plan.checkpoint or "the start (no checkpoint)"
             log.info("resuming %s from %s", output_dir, start)
+            if trainer.is_global_zero and (retired := retire_eval_record(output_dir)):
+                log.info("eval.json tested checkpoints this run replaces: now %s", retired.name)
         if plan.note:
             log.warning("%s", plan.note)
         if trainer.is_global_zero:
