@@ -29,7 +29,23 @@ _RESOLVERS = {
     "config_subdir": (lambda resume: None if resume else ".hydra", False),
     # `${run_name:${name},${hydra.overrides.task}}`: `model-cnn_bn+seed-3` (normlab.runner.names).
     "run_name": (lambda name, overrides: _run_name(name, overrides), False),
+    # `optimizer.lr: ${linear_lr:0.01,${data.batch_size},32}`: 0.01 at batch 32, scaled linearly
+    # with the batch (Goyal et al. 2017; Wu & He 2018 train GroupNorm vs BN this way).
+    "linear_lr": (lambda base, batch, reference: _linear_lr(base, batch, reference), False),
 }
+
+
+def _linear_lr(base, batch, reference) -> float:
+    from normlab.errors import ConfigError
+
+    numbers = (base, batch, reference)
+    if not all(isinstance(x, int | float) and not isinstance(x, bool) and x > 0 for x in numbers):
+        raise ConfigError(
+            f"${{linear_lr:{base},{batch},{reference}}}: needs three positive numbers: the "
+            "learning rate at the reference batch size, the batch size, and the reference, "
+            "e.g. optimizer.lr='${linear_lr:0.01,${data.batch_size},32}'."
+        )
+    return float(base) * float(batch) / float(reference)
 
 
 def _run_name(name, overrides) -> str:
