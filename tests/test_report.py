@@ -424,7 +424,7 @@ def test_report_of_an_optuna_like_sweep_shows_short_numbers(tmp_path):
     assert [t.get_text() for t in legend.get_texts()] == ["model.dropout.p=0.237"]
 
     jobs = {str(j) for j in range(6)}
-    report = {"summary.csv", "summary.md", "val_acc_curves.png", "final_accuracy.png"}
+    report = set(REPORT_FILES)
     assert {p.name for p in tmp_path.iterdir()} == jobs | report | {"accuracy_vs_optimizer.lr.png"}
 
 
