@@ -30,7 +30,9 @@ from normlab.report.schema import schema_problem
 from normlab.runner import sweep as sweep_callback
 from normlab.runner.sweep import SweepReport
 
-REPORT_FILES = ("summary.csv", "summary.md", "val_acc_curves.png", "final_accuracy.png")
+REPORT_FILES = (
+    "summary.csv", "summary.md", "contrasts.csv", "val_acc_curves.png", "final_accuracy.png",
+)  # fmt: skip
 
 
 def job_results(sweep_dir: Path) -> dict[str, dict]:
@@ -101,7 +103,7 @@ def test_multirun_report_aggregates_match_the_jobs_results(lesson_sweep):
         for key in ("val_acc_best", "val_acc_final", "test_acc", "train_loss_final", "wall_s"):
             assert float(row[key]) == pytest.approx(res[key], rel=1e-12), key
         assert float(row["train_val_gap"]) == pytest.approx(
-            res["train_acc_final"] - res["val_acc_final"]
+            res["train_acc_eval_final"] - res["val_acc_final"]
         )
         assert int(row["epochs_completed"]) == len(res["history"]) == 2
 
@@ -116,7 +118,7 @@ def test_multirun_report_aggregates_match_the_jobs_results(lesson_sweep):
         assert best == expected_cell([r["val_acc_best"] for r in runs])
         assert final == expected_cell([r["val_acc_final"] for r in runs])
         assert test == expected_cell([r["test_acc"] for r in runs])
-        assert gap == expected_cell([r["train_acc_final"] - r["val_acc_final"] for r in runs])
+        assert gap == expected_cell([r["train_acc_eval_final"] - r["val_acc_final"] for r in runs])
 
     # per-epoch table: mean validation accuracy of each epoch over the seeds
     epochs = md_table_rows((sweep_dir / "summary.md").read_text(), "| val acc per epoch")
@@ -127,7 +129,7 @@ def test_multirun_report_aggregates_match_the_jobs_results(lesson_sweep):
         ]
         assert epochs[f"model={model}"] == expected
 
-    for name in REPORT_FILES[2:]:
+    for name in REPORT_FILES[3:]:
         assert_png(sweep_dir / name)
     # models are not a numeric axis: no accuracy-against-value plot
     assert not list(sweep_dir.glob("accuracy_vs_*.png"))
@@ -145,7 +147,7 @@ def test_report_command_rewrites_the_same_report(lesson_sweep):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert (sweep_dir / "summary.csv").read_text() == before
-    for name in REPORT_FILES[2:]:
+    for name in REPORT_FILES[3:]:
         assert_png(sweep_dir / name)
     assert "model=cnn_bn" in proc.stdout
 
@@ -308,7 +310,7 @@ def test_hparams_tab_holds_each_runs_real_hyperparameters_and_metrics(lesson_swe
         assert "hp_metric" not in scalars
         assert scalars["acc/val_best"] == pytest.approx(res["val_acc_best"], abs=1e-6)
         assert scalars["acc/test"] == pytest.approx(res["test_acc"], abs=1e-6)
-        gap = res["train_acc_final"] - res["val_acc_final"]
+        gap = res["train_acc_eval_final"] - res["val_acc_final"]
         assert scalars["acc/train_val_gap"] == pytest.approx(gap, abs=1e-6)
 
 
@@ -403,7 +405,7 @@ def test_sweep_with_a_failed_and_a_diverged_job_still_reports_every_job(tmp_path
     assert table["optimizer.lr=-1"][0] == "0" and table["optimizer.lr=-1"][6] == "1"
 
     # a numeric axis (the learning rate) gets its own plot, diverged run marked
-    for name in (*REPORT_FILES[2:], "accuracy_vs_optimizer.lr.png"):
+    for name in (*REPORT_FILES[3:], "accuracy_vs_optimizer.lr.png"):
         assert_png(sweep_dir / name)
     assert not list(sweep_dir.glob("*.lock")) and not list(sweep_dir.glob(".*.tmp"))
 
@@ -462,7 +464,7 @@ def test_report_of_an_optuna_like_sweep_shows_short_numbers(tmp_path):
     assert [t.get_text() for t in legend.get_texts()] == ["model.dropout.p=0.237"]
 
     jobs = {str(j) for j in range(6)}
-    report = {"summary.csv", "summary.md", "val_acc_curves.png", "final_accuracy.png"}
+    report = set(REPORT_FILES)
     assert {p.name for p in tmp_path.iterdir()} == jobs | report | {"accuracy_vs_optimizer.lr.png"}
 
 

@@ -43,6 +43,9 @@ _RESOLVERS = {
     # conf/logger/mlflow.yaml, wandb.yaml: tags as MLflow wants them; W&B offline by default.
     "tracker_tags": (lambda tags: _trackers().tracker_tags(tags), False),
     "wandb_mode": (lambda: _trackers().wandb_mode(), False),
+    # `optimizer.lr: ${linear_lr:0.01,${data.batch_size},32}`: 0.01 at batch 32, scaled linearly
+    # with the batch (Goyal et al. 2017; Wu & He 2018 train GroupNorm vs BN this way).
+    "linear_lr": (lambda base, batch, reference: _linear_lr(base, batch, reference), False),
 }
 
 
@@ -64,6 +67,19 @@ def _slurm():
     from normlab import slurm
 
     return slurm
+
+
+def _linear_lr(base, batch, reference) -> float:
+    from normlab.errors import ConfigError
+
+    numbers = (base, batch, reference)
+    if not all(isinstance(x, int | float) and not isinstance(x, bool) and x > 0 for x in numbers):
+        raise ConfigError(
+            f"${{linear_lr:{base},{batch},{reference}}}: needs three positive numbers: the "
+            "learning rate at the reference batch size, the batch size, and the reference, "
+            "e.g. optimizer.lr='${linear_lr:0.01,${data.batch_size},32}'."
+        )
+    return float(base) * float(batch) / float(reference)
 
 
 def _run_name(name, overrides) -> str:

@@ -270,13 +270,20 @@ def collect_results(
         history = history_from_last_checkpoint([cb.dirpath for cb in trainer.checkpoint_callbacks])
     final = history[-1] if history else {}
     val_accs = [row["val/acc"] for row in history if "val/acc" in row]
+    # Further test figures (callbacks.bn_eval): test/acc_batch_stats -> test_acc_batch_stats.
+    extra = {k.replace("/", "_"): v for k, v in test_metrics.items() if k.count("/") == 1}
+    optimizer = trainer.optimizers[0] if trainer.optimizers else None
     return {
+        **extra,
         "status": status,
         "val_acc_best": max(val_accs) if val_accs else None,
         "val_acc_final": final.get("val/acc"),
         "test_acc": test_metrics.get("test/acc"),
         "test_loss": test_metrics.get("test/loss"),
         "train_acc_final": final.get("train/acc"),
+        "train_acc_eval_final": final.get("train/acc_eval"),
+        # optimizer.lr as the optimizer got it: resolved (e.g. scaled with the batch size).
+        "lr": optimizer.defaults.get("lr") if optimizer is not None else None,
         "train_loss_final": final.get("train/loss"),
         "val_loss_final": final.get("val/loss"),
         "epochs_completed": len(history),
