@@ -24,6 +24,8 @@ whose values differ between them first, and displays those.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -32,6 +34,8 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from normlab.results import result_number, train_val_gap
+
+log = logging.getLogger("normlab")
 
 # The sub-run (folder inside the run's TensorBoard folder) that holds the HParams entry.
 FINAL_RUN = "final"
@@ -75,16 +79,24 @@ def record_hparams(
     params["status"] = str(results.get("status", "unknown"))
     metrics = hparams_metrics(results)
     for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
+        if not isinstance(logger, TensorBoardLogger):
+            continue
+        try:
             writer = SummaryWriter(os.path.join(logger.log_dir, FINAL_RUN))
-            try:
-                for tag, value in metrics.items():
-                    writer.add_scalar(tag, value, step)
-                _experiment, session_start, session_end = hparams_summaries(params, metrics)
-                writer._get_file_writer().add_summary(session_start, step)
-                writer._get_file_writer().add_summary(session_end, step)
-            finally:
-                writer.close()
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # The run itself is over and recorded: a full disk costs only this entry.
+            log.error("TensorBoard's HParams entry not written: %s", err.strerror)
+            continue
+        try:
+            for tag, value in metrics.items():
+                writer.add_scalar(tag, value, step)
+            _experiment, session_start, session_end = hparams_summaries(params, metrics)
+            writer._get_file_writer().add_summary(session_start, step)
+            writer._get_file_writer().add_summary(session_end, step)
+        finally:
+            writer.close()
 
 
 def _plain(value: Any) -> bool | int | float | str:
