@@ -188,8 +188,9 @@ def write_image_folder(
 
 
 def hparams_records(run_dir: Path) -> tuple[dict, dict]:
-    """(hyperparameters, last value of each scalar tag) as TensorBoard reads them."""
-    acc = EventAccumulator(str(tensorboard_dir(run_dir)))
+    """(hyperparameters, last value of each scalar tag) as TensorBoard reads them from the
+    run's HParams entry (the sub-run `final`)."""
+    acc = EventAccumulator(str(tensorboard_dir(run_dir) / "final"))
     acc.Reload()
     content = acc.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
     starts = [k for k in content if k == hparams_metadata.SESSION_START_INFO_TAG]

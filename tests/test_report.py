@@ -4,6 +4,7 @@ each run's real hyperparameters and metrics."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import socket
@@ -13,6 +14,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -306,12 +308,12 @@ def test_hparams_tab_holds_each_runs_real_hyperparameters_and_metrics(lesson_swe
         assert hparams["status"] == "completed" and hparams["name"] == res["name"]
         # the values that define the run, not constants such as the evaluation batch size
         assert "data/eval_batch_size" not in hparams and not any("paths" in k for k in hparams)
-        assert {"acc/val_best", "acc/test", "acc/train_val_gap"} <= set(scalars)
         assert "hp_metric" not in scalars
-        assert scalars["acc/val_best"] == pytest.approx(res["val_acc_best"], abs=1e-6)
-        assert scalars["acc/test"] == pytest.approx(res["test_acc"], abs=1e-6)
-        gap = res["train_acc_eval_final"] - res["val_acc_final"]
-        assert scalars["acc/train_val_gap"] == pytest.approx(gap, abs=1e-6)
+        assert scalars["val/acc_best"] == pytest.approx(res["val_acc_best"], abs=1e-6)
+        assert scalars["test/acc"] == pytest.approx(res["test_acc"], abs=1e-6)
+        assert scalars["val/epochs_completed"] == res["epochs_completed"]
+        gap = res["train_acc_eval_final"] - res["val_acc_final"]  # dropout off (the report's)
+        assert scalars["val/train_val_gap"] == pytest.approx(gap, abs=1e-6)
 
 
 def free_port() -> int:
@@ -320,33 +322,52 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def hparams_experiment(logdir: Path) -> dict:
-    """The experiment TensorBoard's HParams tab asks its own server for (the request the
-    dashboard sends when it opens)."""
+@contextlib.contextmanager
+def tensorboard_server(logdir: Path) -> Iterator[str]:
+    """A real `tensorboard` process serving `logdir`; yields its address."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(port),
          "--host", "127.0.0.1", "--load_fast", "false"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/data/plugin/hparams/experiment",
-        data=json.dumps({"experimentName": ""}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                experiment = json.loads(urllib.request.urlopen(request, timeout=10).read())
-            except OSError:
-                experiment = {}
-            if experiment.get("hparamInfos") or time.monotonic() > deadline:
-                return experiment
-            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.terminate()
         server.wait()
+
+
+def ask_until_loaded(request: urllib.request.Request | str, loaded) -> dict:
+    """The server's JSON answer once `loaded(answer)` holds (it reads the logs after starting)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            answer = json.loads(urllib.request.urlopen(request, timeout=10).read())
+        except OSError:
+            answer = {}
+        if loaded(answer) or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.5)
+
+
+def hparams_request(address: str) -> urllib.request.Request:
+    """The request TensorBoard's HParams tab sends when it opens."""
+    return urllib.request.Request(
+        f"{address}/data/plugin/hparams/experiment",
+        data=json.dumps({"experimentName": ""}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+
+
+def groups(run_tags: dict[str, list[str]]) -> set[str]:
+    """The chart groups of Scalars and Time Series: each tag's first part."""
+    return {tag.split("/")[0] for tags in run_tags.values() for tag in tags}
+
+
+def hparams_experiment(logdir: Path) -> dict:
+    with tensorboard_server(logdir) as address:
+        return ask_until_loaded(hparams_request(address), lambda e: e.get("hparamInfos"))
 
 
 @pytest.mark.slow
@@ -360,10 +381,32 @@ def test_hparams_tab_shows_what_the_sweep_varies_and_the_accuracies(lesson_sweep
     differing = [h["name"] for h in hparams if h.get("differs")]
     assert set(differing) == {"model", "model/norm", "name", "seed"}
     assert [h["name"] for h in hparams[: len(differing)]] == differing  # listed first
-    shown_metrics = [m["name"]["tag"] for m in experiment["metricInfos"][:5]]
-    assert shown_metrics == [
-        "acc/test", "acc/train_final", "acc/train_val_gap", "acc/val_best", "acc/val_final"
-    ]  # fmt: skip
+    metrics = [m["name"]["tag"] for m in experiment["metricInfos"]]
+    # only the run's final figures, the five displayed first
+    assert metrics == ["test/acc", "train/acc", "train/loss", "val/acc", "val/acc_best",
+                       "val/epochs_completed", "val/train_val_gap"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_tensorboard_opens_on_the_curves_not_on_the_final_figures(lesson_sweep):
+    """Scalars and Time Series group charts by the tag's first part and open the first groups
+    (Time Series: the first two, sorted by name). The final figures, one point each, sit on
+    the charts of the curves they end and add no group, so the groups that open hold curves
+    of every epoch."""
+    _, sweep_dir = lesson_sweep
+    with tensorboard_server(sweep_dir) as address:
+        tags = ask_until_loaded(f"{address}/data/plugin/scalars/tags", lambda t: len(t) >= 8)
+        series = ask_until_loaded(
+            f"{address}/data/plugin/timeseries/tags",
+            lambda t: t.get("scalars", {}).get("runTagInfo"),
+        )
+    finals = {run: t for run, t in tags.items() if run.endswith("/final")}
+    curves = {run: t for run, t in tags.items() if not run.endswith("/final")}
+    assert len(finals) == len(curves) == 4  # 2 models x 2 seeds
+    assert groups(finals) <= groups(curves)  # no chart group of their own
+    assert groups(finals) == {"test", "train", "val"}
+    first_two = sorted(groups(series["scalars"]["runTagInfo"]))[:2]
+    assert not set(first_two) & {"acc", "test"}, first_two
 
 
 @pytest.mark.slow

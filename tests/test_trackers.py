@@ -60,8 +60,8 @@ def test_mlflow_holds_the_run_its_curves_params_and_final_metrics(tracked_run):
     assert (params["model"], params["model/norm"], params["seed"]) == ("cnn_bn", "batch", "3")
     assert params["status"] == "completed"
     metrics = run.data.metrics
-    assert metrics["acc/test"] == pytest.approx(results["test_acc"])
-    assert metrics["acc/val_best"] == pytest.approx(results["val_acc_best"])
+    assert metrics["test/acc"] == pytest.approx(results["test_acc"])
+    assert metrics["val/acc_best"] == pytest.approx(results["val_acc_best"])
     curve = client.get_metric_history(run.info.run_id, "val/acc")  # one point per epoch
     assert [m.value for m in curve] == pytest.approx([row["val/acc"] for row in results["history"]])
 
@@ -78,5 +78,5 @@ def test_wandb_writes_an_offline_run_with_the_same_record(tracked_run):
     assert record["name"] == results["name"] and record["tags"] == ["study"]
     assert record["state"] == "finished" and record["project"] == "normlab"
     assert record["config"]["model/norm"] == "batch" and record["config"]["seed"] == 3
-    assert record["summary"]["acc/test"] == pytest.approx(results["test_acc"])
+    assert record["summary"]["test/acc"] == pytest.approx(results["test_acc"])
     assert record["summary"]["val/acc"] == pytest.approx(results["history"][-1]["val/acc"])
