@@ -41,7 +41,8 @@ def is_tracker(logger: Logger) -> bool:
 def record_final(
     logger: Logger, params: Mapping[str, Any], metrics: Mapping[str, float], step: int
 ) -> None:
-    """The run's defining values and status as params, its final metrics (test/acc, val/acc_best, ...)."""
+    """The run's defining values and status as params, its final metrics (test/acc,
+    val/acc_best, ...)."""
     logger.log_hyperparams(dict(params))
     logger.log_metrics(dict(metrics), step=step)
     logger.finalize("success")
