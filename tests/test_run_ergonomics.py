@@ -142,11 +142,25 @@ def test_every_trainer_argument_is_a_key_of_the_trainer_config():
         ("logger=many_loggers", "did you mean logger=many?"),
         ("trainer=mps", "did you mean trainer=gpu?"),
         ("model=cnn_bn_drop", "did you mean model=cnn_bn_dropout?"),
+        # lightning-hydra-template's extras: no counterpart, so no misleading "threads?"
+        ("extras.print_config=false", "config_resolved.yaml"),
     ],
 )
 def test_unknown_keys_and_options_get_a_did_you_mean(override, hint):
     hints = unknown_override_hints([override, "data=digits"], CONF, "train")
     assert len(hints) == 1 and hint in hints[0], hints
+    assert "threads" not in hints[0]
+
+
+@pytest.mark.slow
+def test_callbacks_none_counts_the_epochs_it_trained(tmp_path):
+    proc, results = run_train(
+        "data=digits", "debug=fast", "trainer.max_epochs=2", "callbacks=none",
+        run_dir=tmp_path / "run",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert results["epochs_completed"] == 2 and results["stopped_by"] == "max_epochs"
+    assert "(2 epochs," in proc.stdout + proc.stderr  # the final summary line
 
 
 def test_lightning_hydra_templates_debug_and_trainer_names_compose():

@@ -468,6 +468,8 @@ def accepted_parameters(path: str, target: str) -> set[str] | None:
 
 def unknown_key_message(key: str, candidates: Iterable[str], owner: str = "") -> str:
     parent, _, leaf = key.rpartition(".")
+    if not parent and key in TEMPLATE_ONLY_KEYS:
+        return f"{key} is not a setting of the config: {TEMPLATE_ONLY_KEYS[key]}"
     candidates = sorted(candidates)
     alias = KEY_ALIASES.get(key) if not parent else None
     match = [alias] if alias in candidates else []
@@ -541,13 +543,22 @@ def unknown_override_hints(overrides: list[str], config_dir: Path, config_name: 
 
 # Option names lightning-hydra-template users type, and normlab's own.
 OPTION_ALIASES = {
-    "debug": {"profiler": "profile", "default": "fast", "fdr": "fast", "limit": "fast"},
+    "debug": {"profiler": "profile", "default": "fast", "limit": "fast"},
     "logger": {"many_loggers": "many", "tensorboard_csv": "many"},
-    "trainer": {"ddp_sim": "ddp_cpu", "mps": "gpu"},
+    "trainer": {"mps": "gpu"},
     "callbacks": {"null": "none"},
 }
 # Top-level keys of lightning-hydra-template that normlab names otherwise.
 KEY_ALIASES = {"task_name": "name"}
+# Top-level keys of lightning-hydra-template that normlab has no counterpart for: what to do.
+TEMPLATE_ONLY_KEYS = {
+    "extras": (
+        "lightning-hydra-template's extras (print_config, ignore_warnings, enforce_tags) are "
+        "not needed here: every run saves its resolved config as config_resolved.yaml, "
+        "verbose=true also prints it and `python train.py --cfg job` prints it without "
+        "running; drop the override."
+    ),
+}
 
 
 def unknown_option_hint(group: str, value: Any, config_dir: Path) -> str | None:

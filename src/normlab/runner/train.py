@@ -286,7 +286,8 @@ def collect_results(
         "lr": optimizer.defaults.get("lr") if optimizer is not None else None,
         "train_loss_final": final.get("train/loss"),
         "val_loss_final": final.get("val/loss"),
-        "epochs_completed": len(history),
+        # Counted by the fit loop when MetricHistory is absent (callbacks=none).
+        "epochs_completed": len(history) or trainer.current_epoch,
         "best_checkpoint": best_checkpoint,
         "history": history,
     }
