@@ -4,36 +4,22 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import run_cli, start_train
 
 from normlab.files import folder_in_use
 
 pytestmark = pytest.mark.slow
 
 RUN = ("data=digits", "data.train_size=600", "trainer.max_epochs=8")
-
-
-def start_train(*args: str, cwd: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def wait_until(condition, proc: subprocess.Popen, what: str, deadline_s: float = 900) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, hparams_records, run_multirun
+from conftest import REPO, hparams_records, md_table_rows, run_multirun
 from filelock import FileLock
 from finished_run import digits_run
 from hydra.core.utils import JobReturn, JobStatus
@@ -47,19 +47,6 @@ def job_results(sweep_dir: Path) -> dict[str, dict]:
 
 def override(results: dict, key: str) -> str:
     return next(o.split("=", 1)[1] for o in results["overrides"] if o.split("=", 1)[0] == key)
-
-
-def md_table_rows(markdown: str, header_start: str) -> dict[str, list[str]]:
-    """The rows of the markdown table whose header starts with `header_start`, by first cell."""
-    lines = markdown.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
-    rows = {}
-    for line in lines[start + 2 :]:
-        if not line.startswith("|"):
-            break
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        rows[cells[0]] = cells[1:]
-    return rows
 
 
 def expected_cell(values: list[float]) -> str:

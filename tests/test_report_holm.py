@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import md_table_rows
 from scipy import stats
 
 from normlab.report import write_report
@@ -72,18 +73,6 @@ def paired_p(a: dict[str, float], b: dict[str, float]) -> float:
     return float(stats.ttest_rel([a[s] for s in sorted(a)], [b[s] for s in sorted(b)]).pvalue)
 
 
-def md_rows(text: str, header_start: str) -> dict[str, list[str]]:
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
-    rows = {}
-    for line in lines[start + 2 :]:
-        if not line.startswith("|"):
-            break
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        rows[cells[0]] = cells[1:]
-    return rows
-
-
 def test_report_adjusts_every_contrast_as_one_family(tmp_path):
     write_sweep(tmp_path)
     text = write_report(tmp_path, plots=False).read_text()
@@ -101,7 +90,7 @@ def test_report_adjusts_every_contrast_as_one_family(tmp_path):
     assert raw_test[1] < 0.05 <= expected[1], "the scenario: significant alone, not after Holm"
     assert "Multiple comparisons: 5 tests, Holm-adjusted" in text
 
-    rows = md_rows(text, "| comparison")
+    rows = md_table_rows(text, "| comparison")
     bn, gn = rows["model/norm: batch − none"], rows["model/norm: group − none"]
     assert bn[2].endswith(" *") and bn[4:6] == [f"{raw_test[0]:.3g}", f"{expected[0]:.3g}"]
     assert not gn[2].endswith("*"), "no star before the adjustment says so"
@@ -121,9 +110,9 @@ def test_report_adjusts_every_contrast_as_one_family(tmp_path):
 def test_recalibrated_accuracy_sits_beside_test_accuracy(tmp_path):
     write_sweep(tmp_path)
     text = write_report(tmp_path, plots=False).read_text()
-    table = md_rows(text, "| configuration | n |")
+    table = md_table_rows(text, "| configuration | n |")
     assert table["model/norm=batch"][-3].startswith(f"{0.6133 + 0.023:.4f}")  # mean + 0.02..
-    section = md_rows(text, "| configuration | test acc | test acc, BN re-estimated")
+    section = md_table_rows(text, "| configuration | test acc | test acc, BN re-estimated")
     assert section["model/norm=batch"][2].startswith("+0.0230")
     assert section["model/norm=none"][1:] == ["–", "–", "–", "–"]
     assert "Li et al. 2019" in text
@@ -132,7 +121,7 @@ def test_recalibrated_accuracy_sits_beside_test_accuracy(tmp_path):
 def test_per_epoch_contrasts_are_their_own_family(tmp_path):
     write_sweep(tmp_path)
     text = write_report(tmp_path, plots=False).read_text()
-    rows = md_rows(text, "| comparison | where | epoch 1")
+    rows = md_table_rows(text, "| comparison | where | epoch 1")
     assert list(rows) == ["model/norm: batch − none", "model/norm: group − none"]
     with (tmp_path / "contrasts.csv").open() as f:
         epochs = [r for r in csv.DictReader(f) if r["family"] == "per-epoch"]

@@ -10,17 +10,16 @@ seconds of imports, so they run side by side.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, hparams_records, run_train
+from conftest import hparams_records, run_train
+from conftest import start_train as start_from_conftest
 from omegaconf import OmegaConf
 
 # Three epochs with dropout, so epochs after the kill draw dropout masks; not the default
@@ -34,17 +33,7 @@ SAME_SECOND = "2025-01-31_12-00-00"
 
 
 def start_train(*args: str, cwd: Path) -> subprocess.Popen:
-    # One thread per process: the runs share the machine's cores, and oversubscribed OpenMP
-    # threads spin instead of working (several times slower here).
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    return start_from_conftest(*args, cwd=cwd, merge_stderr=True)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
