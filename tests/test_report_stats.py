@@ -136,6 +136,17 @@ def test_a_spread_of_rounding_errors_is_no_spread():
     assert diff.mean == pytest.approx(0.1) and not diff.has_interval and not diff.excludes_zero
 
 
+def test_a_seed_missing_on_one_side_leaves_the_rest_paired():
+    """A job that did not finish drops its seed from the contrast; the others stay paired
+    (a switch to Welch's t on unequal groups would discard the pairing the design has)."""
+    a = {"0": 0.64, "1": 0.65}
+    b = {"0": 0.61, "1": 0.61, "2": 0.60}
+    result = stats.ttest_rel([0.64, 0.65], [0.61, 0.61])
+    diff = difference(a, b)
+    assert diff.paired and diff.n == 2
+    assert diff.p_value == pytest.approx(result.pvalue, abs=1e-12)
+
+
 def test_unpaired_groups_without_spread_give_no_interval():
     diff = difference({"0": 0.6, "1": 0.6}, {"5": 0.5, "6": 0.5})
     assert not diff.paired and not diff.has_interval and not diff.excludes_zero

@@ -127,7 +127,7 @@ def contrast_section(sweep: Sweep, family: list[Contrast]) -> list[str]:
         "",
         "Each swept value against its axis's baseline, the other axes held fixed: the mean "
         "difference in test accuracy over seeds with its 95% confidence interval (paired t "
-        "over seeds when both sides ran the same seeds, else Welch's t) and p-value.",
+        "over the seeds both sides ran, else Welch's t) and p-value.",
         "",
         f"**Multiple comparisons: {tested} tests, Holm-adjusted.** This report's family is "
         f"every contrast it tests: {len(family)} contrasts (test accuracy and train − val gap "

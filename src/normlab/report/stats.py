@@ -3,7 +3,8 @@
 A sweep repeats each configuration over seeds; a study's answer is a difference between two
 of them (BN minus no norm, dropout minus none). With the same seeds on both sides the runs are
 paired (same validation split, same batch order and augmentation), so the interval comes from
-the per-seed differences (paired t); otherwise from Welch's unequal-variance t.
+the per-seed differences over the seeds both sides ran (paired t); only without two such
+seeds from Welch's unequal-variance t.
 
 A report makes many such comparisons, and at p < 0.05 one in twenty true nulls would look
 real. `holm` adjusts a family's p-values (Holm 1979: step-down Bonferroni, which controls the
@@ -55,12 +56,15 @@ class Difference:
 def difference(
     a: Mapping[str, float], b: Mapping[str, float], level: float = 0.95
 ) -> Difference | None:
-    """Compare two configurations' values, keyed by seed. Paired when both have the same
-    seeds; None when there are too few values for an interval."""
+    """Compare two configurations' values, keyed by seed. Paired over the seeds both ran when
+    there are two or more (a job missing on one side drops that seed from both: the design
+    stays paired, the interval widens); Welch's t otherwise; None when there are too few
+    values for an interval."""
     xa, xb = list(a.values()), list(b.values())
     scale = max((abs(x) for x in xa + xb), default=0.0)
-    if set(a) == set(b) and len(a) >= 2:
-        diffs = [a[seed] - b[seed] for seed in sorted(a)]
+    common = sorted(set(a) & set(b))
+    if len(common) >= 2:
+        diffs = [a[seed] - b[seed] for seed in common]
         n = len(diffs)
         mean = statistics.fmean(diffs)
         se = statistics.stdev(diffs) / math.sqrt(n)
