@@ -144,6 +144,11 @@ def test_every_trainer_argument_is_a_key_of_the_trainer_config():
         ("model=cnn_bn_drop", "did you mean model=cnn_bn_dropout?"),
         # lightning-hydra-template's extras: no counterpart, so no misleading "threads?"
         ("extras.print_config=false", "config_resolved.yaml"),
+        # its habits: + on a key that exists, and keys nested under model
+        ("+trainer.precision=16-mixed", "drop the +, e.g. trainer.precision=16-mixed"),
+        ("+trainer.detect_anomaly=true", "drop the +, e.g. trainer.detect_anomaly=true"),
+        ("model.optimizer.lr=0.01", "normlab's is optimizer.lr"),
+        ("model.scheduler.T_max=5", "normlab's is scheduler.T_max"),
     ],
 )
 def test_unknown_keys_and_options_get_a_did_you_mean(override, hint):
