@@ -164,7 +164,8 @@ def test_quick_benchmark_writes_every_row(tmp_path, capsys, monkeypatch):
         "busy machine: digits, 1 epoch, default threads (s)",
     ]
     no_target = [row["met"] is None for row in results["rows"]]
-    assert no_target == [False, True, False, False, False, False]
+    # The busy-machine row has no target: the default thread count ignores the load by design.
+    assert no_target == [False, True, False, False, False, True]
     threads = results["threads"]
     assert threads["default"]["train_s"] > 0 and len(threads["manual"]) == 2
     assert threads["ratio"] == threads["default"]["train_s"] / min(
