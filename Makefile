@@ -20,7 +20,7 @@ install: $(STAMP)
 train: $(STAMP)
 	$(PY) train.py $(ARGS)
 
-## The whole test suite (offline; about 10-11 minutes on 2 CPU cores): in-process and end-to-end.
+## The whole test suite (offline; about 30 minutes on a busy 2-core machine): in-process and end-to-end.
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
 
