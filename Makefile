@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: install train test test-fast lint format tensorboard bench clean
+.PHONY: install train test test-fast test-slurm lint format tensorboard bench clean
 
 # Re-install whenever pyproject.toml changes. torch is pinned to a range that pip resolves
 # from local wheels where a machine provides them; elsewhere it comes from PyPI.
@@ -20,13 +20,20 @@ install: $(STAMP)
 train: $(STAMP)
 	$(PY) train.py $(ARGS)
 
-## The whole test suite (offline; about 10-11 minutes on 2 CPU cores): in-process and end-to-end.
+## The whole test suite (offline; about 30 minutes on a busy 2-core machine): in-process and end-to-end.
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
 
 ## The in-process tier only (under two minutes): no training subprocesses.
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(ARGS)
+
+## The SLURM tier: starts a one-node SLURM cluster here (root; installs slurm-wlm and munge when
+## missing), runs the tests marked slurm on it and stops it again (docs/cluster.md).
+test-slurm: $(STAMP)
+	tools/slurm/local_cluster.sh start
+	SLURM_CONF=$${NORMLAB_SLURM_DIR:-/tmp/normlab-slurm}/slurm.conf $(PY) -m pytest -m slurm $(ARGS); \
+		status=$$?; tools/slurm/local_cluster.sh stop; exit $$status
 
 ## normlab against the lesson's pipeline and loop: prints a table, writes bench.json (about two minutes).
 bench: $(STAMP)

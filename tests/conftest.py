@@ -188,8 +188,9 @@ def write_image_folder(
 
 
 def hparams_records(run_dir: Path) -> tuple[dict, dict]:
-    """(hyperparameters, last value of each scalar tag) as TensorBoard reads them."""
-    acc = EventAccumulator(str(tensorboard_dir(run_dir)))
+    """(hyperparameters, last value of each scalar tag) as TensorBoard reads them from the
+    run's HParams entry (the sub-run `final`)."""
+    acc = EventAccumulator(str(tensorboard_dir(run_dir) / "final"))
     acc.Reload()
     content = acc.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
     starts = [k for k in content if k == hparams_metadata.SESSION_START_INFO_TAG]
@@ -204,3 +205,30 @@ def hparams_records(run_dir: Path) -> tuple[dict, dict]:
         hparams[key] = getattr(value, kind)
     scalars = {tag: acc.Scalars(tag)[-1].value for tag in acc.Tags()["scalars"]}
     return hparams, scalars
+
+
+def md_table_rows(markdown: str, header_start: str) -> dict[str, list[str]]:
+    """The rows of the markdown table whose header starts with `header_start`, by first cell."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def start_train(*args: str, cwd: Path, merge_stderr: bool = False) -> subprocess.Popen:
+    """`python train.py <args>` started in the background (to be stopped, or waited on), one
+    torch thread per process as run_cli; stderr merged into stdout with `merge_stderr`."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+        text=True,
+    )

@@ -66,6 +66,25 @@ def test_missing_cifar10_without_download_names_folder_and_three_ways_out(tmp_pa
     )
 
 
+def test_missing_cifar10_says_how_to_unpack_the_jpeg_copy(tmp_path):
+    dm = CIFAR10DataModule(root=str(tmp_path / "data"), download=False, val_size=10)
+    with pytest.raises(DataError) as err:
+        dm.setup()
+    assert f"tar -xzf cifar10-jpeg.tar.gz -C {tmp_path / 'data'}/" in str(err.value)
+    assert "data=cifar10_jpeg" in str(err.value)
+
+
+def test_missing_cifar10_points_to_the_jpeg_copy_beside_it(tmp_path):
+    # data=cifar10 where data=cifar10_jpeg's folder is already unpacked: that is the way out.
+    (tmp_path / "data" / "cifar10-jpeg" / "train" / "cat").mkdir(parents=True)
+    dm = CIFAR10DataModule(root=str(tmp_path / "data"), download=False, val_size=10)
+    with pytest.raises(DataError) as err:
+        dm.setup()
+    message = str(err.value)
+    assert f"unpacked in {tmp_path / 'data' / 'cifar10-jpeg'}" in message
+    assert "python train.py data=cifar10_jpeg" in message and "tar -xzf" not in message
+
+
 def test_failed_download_gives_the_same_advice(tmp_path, monkeypatch):
     # Port 9 on the loopback interface refuses at once: a download that cannot succeed.
     monkeypatch.setattr(cifar10_module, "URL", "http://127.0.0.1:9/cifar-10-python.tar.gz")

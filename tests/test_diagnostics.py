@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from normlab.diagnostics import NetworkDiagnostics
+from normlab.diagnostics.callback import confusion_title
 from normlab.diagnostics.figures import prediction_grid
 from normlab.diagnostics.probes import ValidationProbe, WatchedLayers
 from normlab.errors import ConfigError
@@ -375,3 +376,42 @@ def test_num_images_0_writes_no_prediction_grid_and_everything_else(tmp_path):
     events = Events(tmp_path / "tb")
     assert "val/confusion_matrix" in events.images and "val/predictions" not in events.images
     assert any(tag.startswith("val_class_acc/") for tag in events.scalars)
+
+
+class _TitlesAtValidationEnd(L.Callback):
+    def __init__(self) -> None:
+        self.titles: list[str] = []
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.titles.append(confusion_title(trainer, 0.5))
+
+
+class _Tiny(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(2, 2)
+
+    def training_step(self, batch, batch_idx):
+        return F.cross_entropy(self.layer(batch[0]), batch[1])
+
+    def validation_step(self, batch, batch_idx):
+        return None
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_confusion_matrix_title_counts_epochs_as_the_console_does():
+    """The last epoch of `trainer.max_epochs=2` is "epoch 2/2" on the console: the confusion
+    matrix drawn after it says so too (Lightning's current_epoch is 1 there)."""
+    loader = DataLoader(TensorDataset(torch.randn(8, 2), torch.randint(0, 2, (8,))), batch_size=4)
+    recorder = _TitlesAtValidationEnd()
+    trainer = L.Trainer(
+        max_epochs=2, callbacks=[recorder], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(_Tiny(), loader, loader)
+    assert recorder.titles == [
+        "epoch 1/2: validation accuracy 0.500", "epoch 2/2: validation accuracy 0.500"
+    ]  # fmt: skip

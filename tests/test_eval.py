@@ -23,6 +23,7 @@ from normlab.runner.build import build_network
 from normlab.runner.evaluate import evaluate
 from normlab.runner.predict import main as predict_main
 from normlab.runner.rundir import network_weights
+from normlab.runner.runstate import retire_eval_record
 
 TEST_IMAGES = 360  # the digits test split
 
@@ -313,14 +314,19 @@ def test_predict_rejects_unreadable_files_and_missing_runs(run, tmp_path, capsys
     cfg = OmegaConf.load(other_model / ".hydra" / "config.yaml")
     cfg.model = compose_config(["model=cnn"]).model
     OmegaConf.save(cfg, other_model / ".hydra" / "config.yaml")
+    gif = tmp_path / "anim.gif"
+    Image.new("RGB", (32, 32)).save(gif)  # a real GIF: training skips the type, so does predict
     for argv, message in [
         ([f"run={run.run_dir}", str(not_an_image)], "not a readable image"),
+        ([f"run={run.run_dir}", str(gif)], "not one of the image types normlab reads"),
+        ([f"run={run.run_dir}/lo gs ü", str(gif)], "Quote it"),
         ([f"run={run.run_dir}", str(tmp_path / "absent.png")], "no such image file"),
         ([f"run={tmp_path / 'nowhere'}", str(not_an_image)], "no such directory"),
         ([f"run={run.run_dir}"], "at least one image"),
         (
             [f"run={other_model}", str(not_an_image)],
-            f"checkpoint={other_model / 'checkpoints' / 'best.ckpt'} was saved by a different "
+            f"run={other_model} which=best: its checkpoint "
+            f"{other_model / 'checkpoints' / 'best.ckpt'} was saved by a different "
             "architecture (SeedCNN with norm=BatchNorm2d, dropout=Dropout): it has 10 this "
             "network lacks (features.0.norm.weight,",
         ),
@@ -331,3 +337,121 @@ def test_predict_rejects_unreadable_files_and_missing_runs(run, tmp_path, capsys
         err = capsys.readouterr().err
         assert message in " ".join(err.split()), err
         assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# A run that is still training: its checkpoints are not final, so nothing is scored from them.
+
+HOLD_LOCK = """
+import sys
+from normlab.files import FolderLock
+lock = FolderLock(sys.argv[1])
+assert lock.acquire()
+print("locked", flush=True)
+sys.stdin.read()  # held until the test closes our stdin
+"""
+
+
+@pytest.fixture
+def training_run(run, tmp_path):
+    """A copy of the finished run whose folder lock another process holds, as train.py's
+    does while it trains; released when the test ends."""
+    copy = copy_run(run.run_dir, tmp_path / "training")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(copy)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )
+    assert holder.stdout.readline().strip() == "locked"  # waits for the lock, no sleeping
+    yield copy
+    holder.stdin.close()
+    holder.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_eval_refuses_a_run_whose_lock_another_process_holds(run, training_run, tmp_path):
+    proc = run_cli("eval.py", f"run={training_run}", cwd=tmp_path)
+    message = " ".join(proc.stderr.split())
+    assert proc.returncode == 1, message[-3000:]
+    assert f"run={training_run}: this run is still training" in message
+    assert f"Wait for it to finish, then run python eval.py run={training_run}" in message
+    assert "Traceback" not in message and not (training_run / "eval.json").exists()
+    # Its own checkpoint named as a file is the same run, still training.
+    proc = run_cli("eval.py", f"ckpt_path={training_run}/checkpoints/best.ckpt", cwd=tmp_path)
+    assert proc.returncode == 1 and "still training" in proc.stderr
+    # A copy taken out of the run is a snapshot: tested, and not called the run's best.
+    snapshot = tmp_path / "snapshot.ckpt"
+    shutil.copy(training_run / "checkpoints" / "best.ckpt", snapshot)
+    result = evaluate(eval_config(f"run={training_run}", f"ckpt_path={snapshot}"))
+    assert result["which"] is None and result["recorded_test_acc"] is None
+
+
+@pytest.mark.slow
+def test_predict_refuses_a_run_that_is_training(run, training_run, tmp_path, capsys):
+    image = tmp_path / "x.png"
+    Image.new("RGB", (32, 32)).save(image)
+    with pytest.raises(SystemExit) as exit_info:
+        predict_main([f"run={training_run}", str(image)])
+    assert exit_info.value.code == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "this run is still training" in err and "python -m normlab.predict run=" in err
+
+
+@pytest.mark.slow
+def test_a_run_that_says_running_but_holds_no_lock_is_refused_with_the_resume_command(
+    run, tmp_path
+):
+    copy = copy_run(run.run_dir, tmp_path / "killed")
+    (copy / "results.json").write_text('{"status": "running", "overrides": []}')
+    with pytest.raises(ConfigError) as err:
+        evaluate(eval_config(f"run={copy}"))
+    assert 'status "running"' in str(err.value)
+    assert f"python train.py resume={copy}" in str(err.value)
+
+
+@pytest.mark.slow
+def test_an_unfinished_run_is_tested_and_eval_json_says_so(run, tmp_path, caplog):
+    copy = copy_run(run.run_dir, tmp_path / "interrupted")
+    results = json.loads((copy / "results.json").read_text())
+    (copy / "results.json").write_text(json.dumps({**results, "status": "interrupted"}))
+    with caplog.at_level("WARNING", logger="normlab"):
+        result = evaluate(eval_config(f"run={copy}"))
+    assert json.loads((copy / "eval.json").read_text())["run_status"] == "interrupted"
+    assert result["which"] == "best" and "the run did not finish" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_truncated_checkpoint_is_named_by_the_keys_the_user_typed(run, tmp_path):
+    copy = copy_run(run.run_dir, tmp_path / "truncated")
+    best = copy / "checkpoints" / "best.ckpt"
+    best.write_bytes(best.read_bytes()[:1000])
+    with pytest.raises(ConfigError) as err:
+        evaluate(eval_config(f"run={copy}"))
+    message = str(err.value)
+    prefix = f"run={copy} which=best: its checkpoint {best}: not a readable PyTorch checkpoint"
+    assert message.startswith(prefix), message
+    assert "which=last" in message and "checkpoint=" not in message
+
+
+@pytest.mark.parametrize("which,retired", [("best", True), ("last", True), (None, False)])
+def test_a_resumed_runs_own_eval_json_is_retired_a_copys_kept(tmp_path, which, retired):
+    record = {"which": which, "test_acc": 0.5, "run_status": "interrupted"}
+    (tmp_path / "eval.json").write_text(json.dumps(record))
+    moved = retire_eval_record(tmp_path)
+    assert (moved is not None) == retired
+    assert (tmp_path / "eval.json").exists() != retired
+    if retired:
+        kept = json.loads(moved.read_text())
+        assert kept["test_acc"] == 0.5 and "resumed" in kept["superseded"]
+    assert retire_eval_record(tmp_path / "nowhere") is None
+
+
+@pytest.mark.slow
+def test_predict_reads_a_quoted_run_as_eval_py_does(run, tmp_path, capsys):
+    copy = copy_run(run.run_dir, tmp_path / "lo gs ü" / "a, b")
+    image = tmp_path / "x.png"
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(image)
+    assert predict_main([f"run='{copy}'", str(image)]) == 0  # Hydra's quotes, as eval.py takes
+    assert capsys.readouterr().out.startswith(f"{image}: ")

@@ -519,3 +519,78 @@ def test_train_cli_on_an_image_folder(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert results["status"] == "completed" and results["test_acc"] is not None
     assert list((tmp_path / "data" / "cache").glob("image_folder_*.pt"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Every image under a class folder is used: nested, through links, or named as left out.
+
+
+def decoded_values(dm: ImageFolderDataModule) -> list[int]:
+    return sorted(values_of(torch.cat([full_train(dm), dm.test_set.images])))
+
+
+def test_images_in_linked_and_nested_folders_are_all_used(tmp_path, caplog):
+    # The case: train/ship/batch1 -> a folder elsewhere, beside a real batch2/.
+    store = write_classes(tmp_path / "store", {"batch": 20})
+    root = tmp_path / "images"
+    origin = write_classes(root / "train", {"plane": 5}, start=100)
+    origin |= write_classes(root / "train" / "ship", {"batch2": 10}, start=150)
+    origin |= write_classes(root / "train" / "ship" / "batch2" / "deep", {"er": 3}, start=200)
+    (root / "train" / "ship" / "batch1").symlink_to(tmp_path / "store" / "batch")
+    with caplog.at_level(logging.INFO, logger="normlab"):
+        dm = setup_dm(root)
+    assert decoded_values(dm) == sorted([*store, *origin])  # 20 + 5 + 10 + 3, each once
+    decoding = next(r.getMessage() for r in caplog.records if "Decoding 38" in r.getMessage())
+    assert decoding.endswith("train/ plane 5, ship 33"), decoding
+    assert "Left out" not in caplog.text
+
+
+def test_a_link_loop_is_walked_once_and_named(tmp_path, caplog):
+    root = tmp_path / "images"
+    origin = write_classes(root / "train", {"cat": 4, "dog": 4})
+    loop = root / "train" / "cat" / "again"
+    loop.symlink_to(root / "train" / "cat")  # cat/again/again/... forever
+    (root / "train" / "dog" / "up").symlink_to(root / "train")  # the other class, through dog
+    with caplog.at_level(logging.WARNING, logger="normlab"):
+        dm = setup_dm(root)
+    assert decoded_values(dm) == sorted(origin)  # no image twice, none in the wrong class
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "Left out 2 files or folders" in warnings[0] and str(loop) in warnings[0]
+    assert str(root / "train" / "dog" / "up") in warnings[0]
+
+
+def test_files_left_out_are_counted_and_named_in_one_warning(tmp_path, caplog):
+    root = tmp_path / "images"
+    write_classes(root / "train", {"cat": 4, "dog": 4})
+    cat = root / "train" / "cat"
+    (cat / "notes.txt").write_text("not an image")
+    write_image(cat / "anim.gif", random_rgb(8, 8, 0))  # a type training does not read
+    (cat / "gone.png").symlink_to(tmp_path / "deleted.png")  # a broken link
+    write_image(cat / ".hidden.png", random_rgb(8, 8, 1))
+    with caplog.at_level(logging.WARNING, logger="normlab"):
+        setup_dm(root)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"Left out 4 files or folders under {root / 'train'}: "), (
+        warnings[0]
+    )
+    for name in ("notes.txt", "anim.gif", "gone.png", ".hidden.png"):
+        assert str(cat / name) in warnings[0]
+
+
+def test_every_bad_image_of_a_folder_is_listed_in_one_error(two_classes, tmp_path):
+    dog = two_classes / "train" / "dog"
+    bad = [dog / f"bad{i}.png" for i in range(5)]
+    for path in bad:
+        path.write_bytes(b"\x00 not a PNG at all")
+    cache_dir = tmp_path / "cache"
+    message = data_error(setup_dm, two_classes, cache_dir=str(cache_dir))
+    assert f"5 of the 17 images in {two_classes / 'train'} cannot be decoded" in message
+    assert all(str(path) in message for path in bad[:3]) and str(bad[3]) not in message
+    assert "not a readable image" in message
+    listing = Path(message.split("The full list is in ")[1].split()[0].rstrip("."))
+    assert sorted(line.split(" is not")[0] for line in listing.read_text().splitlines()) == [
+        str(path) for path in bad
+    ]
+    assert not cache_dir.exists() or not any(cache_dir.iterdir())

@@ -1,11 +1,10 @@
 """notebooks/lesson.ipynb executed headless (nbclient), as a reader would run it top to bottom,
-with one epoch per model on digits so it finishes in well under two minutes."""
+with one epoch per model on digits; and the committed copy, executed with its outputs."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import time
 
 import nbformat
 import pytest
@@ -15,10 +14,18 @@ from nbclient import NotebookClient
 NOTEBOOK = REPO / "notebooks" / "lesson.ipynb"
 
 
-def test_notebook_is_committed_without_outputs():
+def test_notebook_is_committed_with_its_outputs():
+    """Where the repository is browsed, the notebook shows what it printed and plotted: every
+    code cell ran, in order, without an error, and the plots are there."""
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
-    assert code and all(not c.outputs and c.execution_count is None for c in code)
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1))
+    outputs = [out for cell in code for out in cell.outputs]
+    assert not [out for out in outputs if out.output_type == "error"]
+    assert any("image/png" in out.get("data", {}) for out in outputs)
+    text = "".join(out.get("text", "") for out in outputs if out.output_type == "stream")
+    assert "same mask: True | same values: True" in text
+    assert "Traceback" not in text and "srun" not in text
 
 
 @pytest.mark.slow
@@ -40,9 +47,7 @@ def test_lesson_notebook_runs_headless(tmp_path, monkeypatch):
         kernel_name="python3",
         resources={"metadata": {"path": str(project / "notebooks")}},
     )
-    started = time.perf_counter()
     client.execute()  # raises CellExecutionError on the first cell that fails
-    elapsed = time.perf_counter() - started
 
     outputs = [out for cell in notebook.cells for out in cell.get("outputs", [])]
     text = "".join(out.get("text", "") for out in outputs if out.output_type == "stream")
@@ -53,4 +58,3 @@ def test_lesson_notebook_runs_headless(tmp_path, monkeypatch):
     assert any("image/png" in out.get("data", {}) for out in outputs), "the plots, inline"
     runs = sorted((project / "logs" / "runs").iterdir())
     assert len(runs) == 4 and all((run / "results.json").exists() for run in runs)
-    assert elapsed < 120, f"the notebook took {elapsed:.0f} s"

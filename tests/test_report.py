@@ -4,6 +4,7 @@ each run's real hyperparameters and metrics."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import socket
@@ -13,11 +14,13 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, hparams_records, run_multirun
+from conftest import REPO, hparams_records, md_table_rows, run_multirun
 from filelock import FileLock
+from finished_run import digits_run
 from hydra.core.utils import JobReturn, JobStatus
 from matplotlib.image import imread
 from omegaconf import OmegaConf
@@ -25,10 +28,13 @@ from omegaconf import OmegaConf
 from normlab.report import load_sweep, plots, write_report
 from normlab.report.__main__ import main as report_main
 from normlab.report.numbers import format_number, short_forms
+from normlab.report.schema import schema_problem
 from normlab.runner import sweep as sweep_callback
 from normlab.runner.sweep import SweepReport
 
-REPORT_FILES = ("summary.csv", "summary.md", "val_acc_curves.png", "final_accuracy.png")
+REPORT_FILES = (
+    "summary.csv", "summary.md", "contrasts.csv", "val_acc_curves.png", "final_accuracy.png",
+)  # fmt: skip
 
 
 def job_results(sweep_dir: Path) -> dict[str, dict]:
@@ -41,19 +47,6 @@ def job_results(sweep_dir: Path) -> dict[str, dict]:
 
 def override(results: dict, key: str) -> str:
     return next(o.split("=", 1)[1] for o in results["overrides"] if o.split("=", 1)[0] == key)
-
-
-def md_table_rows(markdown: str, header_start: str) -> dict[str, list[str]]:
-    """The rows of the markdown table whose header starts with `header_start`, by first cell."""
-    lines = markdown.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
-    rows = {}
-    for line in lines[start + 2 :]:
-        if not line.startswith("|"):
-            break
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        rows[cells[0]] = cells[1:]
-    return rows
 
 
 def expected_cell(values: list[float]) -> str:
@@ -99,7 +92,7 @@ def test_multirun_report_aggregates_match_the_jobs_results(lesson_sweep):
         for key in ("val_acc_best", "val_acc_final", "test_acc", "train_loss_final", "wall_s"):
             assert float(row[key]) == pytest.approx(res[key], rel=1e-12), key
         assert float(row["train_val_gap"]) == pytest.approx(
-            res["train_acc_final"] - res["val_acc_final"]
+            res["train_acc_eval_final"] - res["val_acc_final"]
         )
         assert int(row["epochs_completed"]) == len(res["history"]) == 2
 
@@ -114,7 +107,7 @@ def test_multirun_report_aggregates_match_the_jobs_results(lesson_sweep):
         assert best == expected_cell([r["val_acc_best"] for r in runs])
         assert final == expected_cell([r["val_acc_final"] for r in runs])
         assert test == expected_cell([r["test_acc"] for r in runs])
-        assert gap == expected_cell([r["train_acc_final"] - r["val_acc_final"] for r in runs])
+        assert gap == expected_cell([r["train_acc_eval_final"] - r["val_acc_final"] for r in runs])
 
     # per-epoch table: mean validation accuracy of each epoch over the seeds
     epochs = md_table_rows((sweep_dir / "summary.md").read_text(), "| val acc per epoch")
@@ -125,7 +118,7 @@ def test_multirun_report_aggregates_match_the_jobs_results(lesson_sweep):
         ]
         assert epochs[f"model={model}"] == expected
 
-    for name in REPORT_FILES[2:]:
+    for name in REPORT_FILES[3:]:
         assert_png(sweep_dir / name)
     # models are not a numeric axis: no accuracy-against-value plot
     assert not list(sweep_dir.glob("accuracy_vs_*.png"))
@@ -143,7 +136,7 @@ def test_report_command_rewrites_the_same_report(lesson_sweep):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert (sweep_dir / "summary.csv").read_text() == before
-    for name in REPORT_FILES[2:]:
+    for name in REPORT_FILES[3:]:
         assert_png(sweep_dir / name)
     assert "model=cnn_bn" in proc.stdout
 
@@ -302,12 +295,12 @@ def test_hparams_tab_holds_each_runs_real_hyperparameters_and_metrics(lesson_swe
         assert hparams["status"] == "completed" and hparams["name"] == res["name"]
         # the values that define the run, not constants such as the evaluation batch size
         assert "data/eval_batch_size" not in hparams and not any("paths" in k for k in hparams)
-        assert {"acc/val_best", "acc/test", "acc/train_val_gap"} <= set(scalars)
         assert "hp_metric" not in scalars
-        assert scalars["acc/val_best"] == pytest.approx(res["val_acc_best"], abs=1e-6)
-        assert scalars["acc/test"] == pytest.approx(res["test_acc"], abs=1e-6)
-        gap = res["train_acc_final"] - res["val_acc_final"]
-        assert scalars["acc/train_val_gap"] == pytest.approx(gap, abs=1e-6)
+        assert scalars["val/acc_best"] == pytest.approx(res["val_acc_best"], abs=1e-6)
+        assert scalars["test/acc"] == pytest.approx(res["test_acc"], abs=1e-6)
+        assert scalars["val/epochs_completed"] == res["epochs_completed"]
+        gap = res["train_acc_eval_final"] - res["val_acc_final"]  # dropout off (the report's)
+        assert scalars["val/train_val_gap"] == pytest.approx(gap, abs=1e-6)
 
 
 def free_port() -> int:
@@ -316,33 +309,52 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def hparams_experiment(logdir: Path) -> dict:
-    """The experiment TensorBoard's HParams tab asks its own server for (the request the
-    dashboard sends when it opens)."""
+@contextlib.contextmanager
+def tensorboard_server(logdir: Path) -> Iterator[str]:
+    """A real `tensorboard` process serving `logdir`; yields its address."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(port),
          "--host", "127.0.0.1", "--load_fast", "false"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/data/plugin/hparams/experiment",
-        data=json.dumps({"experimentName": ""}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                experiment = json.loads(urllib.request.urlopen(request, timeout=10).read())
-            except OSError:
-                experiment = {}
-            if experiment.get("hparamInfos") or time.monotonic() > deadline:
-                return experiment
-            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.terminate()
         server.wait()
+
+
+def ask_until_loaded(request: urllib.request.Request | str, loaded) -> dict:
+    """The server's JSON answer once `loaded(answer)` holds (it reads the logs after starting)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            answer = json.loads(urllib.request.urlopen(request, timeout=10).read())
+        except OSError:
+            answer = {}
+        if loaded(answer) or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.5)
+
+
+def hparams_request(address: str) -> urllib.request.Request:
+    """The request TensorBoard's HParams tab sends when it opens."""
+    return urllib.request.Request(
+        f"{address}/data/plugin/hparams/experiment",
+        data=json.dumps({"experimentName": ""}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+
+
+def groups(run_tags: dict[str, list[str]]) -> set[str]:
+    """The chart groups of Scalars and Time Series: each tag's first part."""
+    return {tag.split("/")[0] for tags in run_tags.values() for tag in tags}
+
+
+def hparams_experiment(logdir: Path) -> dict:
+    with tensorboard_server(logdir) as address:
+        return ask_until_loaded(hparams_request(address), lambda e: e.get("hparamInfos"))
 
 
 @pytest.mark.slow
@@ -356,10 +368,32 @@ def test_hparams_tab_shows_what_the_sweep_varies_and_the_accuracies(lesson_sweep
     differing = [h["name"] for h in hparams if h.get("differs")]
     assert set(differing) == {"model", "model/norm", "name", "seed"}
     assert [h["name"] for h in hparams[: len(differing)]] == differing  # listed first
-    shown_metrics = [m["name"]["tag"] for m in experiment["metricInfos"][:5]]
-    assert shown_metrics == [
-        "acc/test", "acc/train_final", "acc/train_val_gap", "acc/val_best", "acc/val_final"
-    ]  # fmt: skip
+    metrics = [m["name"]["tag"] for m in experiment["metricInfos"]]
+    # only the run's final figures, the five displayed first
+    assert metrics == ["test/acc", "train/acc", "train/loss", "val/acc", "val/acc_best",
+                       "val/epochs_completed", "val/train_val_gap"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_tensorboard_opens_on_the_curves_not_on_the_final_figures(lesson_sweep):
+    """Scalars and Time Series group charts by the tag's first part and open the first groups
+    (Time Series: the first two, sorted by name). The final figures, one point each, sit on
+    the charts of the curves they end and add no group, so the groups that open hold curves
+    of every epoch."""
+    _, sweep_dir = lesson_sweep
+    with tensorboard_server(sweep_dir) as address:
+        tags = ask_until_loaded(f"{address}/data/plugin/scalars/tags", lambda t: len(t) >= 8)
+        series = ask_until_loaded(
+            f"{address}/data/plugin/timeseries/tags",
+            lambda t: t.get("scalars", {}).get("runTagInfo"),
+        )
+    finals = {run: t for run, t in tags.items() if run.endswith("/final")}
+    curves = {run: t for run, t in tags.items() if not run.endswith("/final")}
+    assert len(finals) == len(curves) == 4  # 2 models x 2 seeds
+    assert groups(finals) <= groups(curves)  # no chart group of their own
+    assert groups(finals) == {"test", "train", "val"}
+    first_two = sorted(groups(series["scalars"]["runTagInfo"]))[:2]
+    assert not set(first_two) & {"acc", "test"}, first_two
 
 
 @pytest.mark.slow
@@ -401,7 +435,7 @@ def test_sweep_with_a_failed_and_a_diverged_job_still_reports_every_job(tmp_path
     assert table["optimizer.lr=-1"][0] == "0" and table["optimizer.lr=-1"][6] == "1"
 
     # a numeric axis (the learning rate) gets its own plot, diverged run marked
-    for name in (*REPORT_FILES[2:], "accuracy_vs_optimizer.lr.png"):
+    for name in (*REPORT_FILES[3:], "accuracy_vs_optimizer.lr.png"):
         assert_png(sweep_dir / name)
     assert not list(sweep_dir.glob("*.lock")) and not list(sweep_dir.glob(".*.tmp"))
 
@@ -460,7 +494,7 @@ def test_report_of_an_optuna_like_sweep_shows_short_numbers(tmp_path):
     assert [t.get_text() for t in legend.get_texts()] == ["model.dropout.p=0.237"]
 
     jobs = {str(j) for j in range(6)}
-    report = {"summary.csv", "summary.md", "val_acc_curves.png", "final_accuracy.png"}
+    report = set(REPORT_FILES)
     assert {p.name for p in tmp_path.iterdir()} == jobs | report | {"accuracy_vs_optimizer.lr.png"}
 
 
@@ -489,3 +523,68 @@ def test_summary_csv_holds_lists_and_mappings_as_json_and_errors_whole(tmp_path)
     )
     assert completed["name"] == "seed-0" and float(completed["test_acc"]) == 0.5
     assert failed["error"] == error and failed["classes"] == "" and completed["error"] == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# results.json is checked against its schema: a bad value is never counted, copied or guessed.
+
+GOOD = {"status": "completed", "val_acc_best": 0.6, "val_acc_final": 0.6, "test_acc": 0.5}
+
+
+@pytest.mark.parametrize(
+    "bad,at_fault",
+    [
+        ({"test_acc": "0.91"}, '"test_acc" is text ("0.91"), not a number'),
+        ({"test_acc": True}, '"test_acc" is true, not a number'),
+        ({"overrides": "seed=2"}, '"overrides" is text ("seed=2"), not a list of strings'),
+        ({"overrides": ["seed=2", 3]}, '"overrides" holds 3, not only strings'),
+        ({"epochs_completed": 2.5}, '"epochs_completed" is 2.5, not a whole number'),
+        ({"status": "done"}, '"status" is text ("done"), not one of completed'),
+        ({"history": [{"epoch": 0, "val/acc": "0.5"}]}, '"history" entry 0: val/acc is text'),
+        ({"val_acc_best": float("nan")}, '"val_acc_best" is nan, not a finite number'),
+    ],
+    ids=["text", "bool", "overrides text", "overrides item", "epochs", "status", "history", "nan"],
+)
+def test_a_results_file_that_breaks_the_schema_is_unreadable_and_never_counted(
+    tmp_path, bad, at_fault
+):
+    for job, seed in enumerate((0, 1)):
+        (tmp_path / str(job)).mkdir()
+        (tmp_path / str(job) / "results.json").write_text(
+            json.dumps({**GOOD, "overrides": [f"seed={seed}"]})
+        )
+    (tmp_path / "2" / ".hydra").mkdir(parents=True)
+    (tmp_path / "2" / ".hydra" / "overrides.yaml").write_text("- seed=2\n")
+    (tmp_path / "2" / "results.json").write_text(
+        json.dumps({**GOOD, "overrides": ["seed=2"], "test_acc": 0.9, **bad})
+    )
+    proc = report_command(str(tmp_path), "--no-plots")
+    assert proc.returncode == 0, proc.stderr
+    # On the console, naming the job and the key.
+    assert f"warning: job 2: results.json {at_fault}" in proc.stderr, proc.stderr
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "3 jobs in 1 configurations: 2 completed, 1 unreadable." in markdown
+    assert "| 2 | all runs | 2 | unreadable | – | results.json " + at_fault in markdown
+    # Only the two good jobs in the mean: 0.5 and 0.5, not 0.9 or true.
+    configs = md_table_rows(markdown, "| configuration")
+    assert configs["all runs"][:4] == ["2", "0.6000 ± 0.0000", "0.6000 ± 0.0000", "0.5000 ± 0.0000"]
+    with (tmp_path / "summary.csv").open(newline="") as f:
+        rows = {row["job"]: row for row in csv.DictReader(f)}
+    assert rows["2"]["status"] == "unreadable" and rows["2"]["test_acc"] == ""
+    assert rows["2"]["seed"] == "2" and at_fault in rows["2"]["error"]
+
+
+@pytest.mark.parametrize("content", ['{"status": "completed", "test_acc": 0.9', "[0.9]", "\xff"])
+def test_a_results_file_that_is_not_a_json_object_is_unreadable(tmp_path, content):
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "results.json").write_bytes(content.encode("latin-1"))
+    sweep = load_sweep(tmp_path)
+    assert sweep.jobs[0].status == "unreadable" and not sweep.jobs[0].measured
+    assert sweep.jobs[0].detail.startswith("results.json ")
+
+
+@pytest.mark.slow
+def test_what_train_py_writes_fits_the_schema(tmp_path_factory):
+    run = digits_run(tmp_path_factory)
+    assert schema_problem(run.results) is None
+    assert schema_problem({"status": "running", "overrides": ["seed=1"]}) is None

@@ -26,7 +26,7 @@ def test_paired_interval_matches_scipy_ttest_rel():
     assert diff.low == pytest.approx(ci.low, abs=1e-12)
     assert diff.high == pytest.approx(ci.high, abs=1e-12)
     assert diff.p_value == pytest.approx(result.pvalue, abs=1e-12)
-    assert diff.significant
+    assert diff.excludes_zero
 
 
 def test_paired_interval_by_hand():
@@ -108,7 +108,7 @@ def test_identical_configurations_give_no_interval_like_scipy():
     result = stats.ttest_rel(list(same.values()), list(same.values()))
     diff = difference(same, dict(same))
     assert math.isnan(result.pvalue) and math.isnan(diff.p_value)
-    assert diff.mean == 0 and not diff.has_interval and not diff.significant
+    assert diff.mean == 0 and not diff.has_interval and not diff.excludes_zero
 
 
 # scipy itself warns here: "catastrophic cancellation ... Results may be unreliable".
@@ -122,7 +122,7 @@ def test_a_constant_difference_over_two_seeds_is_not_significant():
     assert result.pvalue == 0.0 and math.isinf(result.statistic)
     diff = difference(a, b)
     assert diff.mean == 1 / 8
-    assert math.isnan(diff.p_value) and not diff.has_interval and not diff.significant
+    assert math.isnan(diff.p_value) and not diff.has_interval and not diff.excludes_zero
 
 
 # scipy itself warns here: "catastrophic cancellation ... Results may be unreliable".
@@ -133,12 +133,23 @@ def test_a_spread_of_rounding_errors_is_no_spread():
     a, b = {"0": 0.7, "1": 0.6, "2": 0.8}, {"0": 0.6, "1": 0.5, "2": 0.7}
     assert stats.ttest_rel(list(a.values()), list(b.values())).pvalue < 1e-20
     diff = difference(a, b)
-    assert diff.mean == pytest.approx(0.1) and not diff.has_interval and not diff.significant
+    assert diff.mean == pytest.approx(0.1) and not diff.has_interval and not diff.excludes_zero
+
+
+def test_a_seed_missing_on_one_side_leaves_the_rest_paired():
+    """A job that did not finish drops its seed from the contrast; the others stay paired
+    (a switch to Welch's t on unequal groups would discard the pairing the design has)."""
+    a = {"0": 0.64, "1": 0.65}
+    b = {"0": 0.61, "1": 0.61, "2": 0.60}
+    result = stats.ttest_rel([0.64, 0.65], [0.61, 0.61])
+    diff = difference(a, b)
+    assert diff.paired and diff.n == 2
+    assert diff.p_value == pytest.approx(result.pvalue, abs=1e-12)
 
 
 def test_unpaired_groups_without_spread_give_no_interval():
     diff = difference({"0": 0.6, "1": 0.6}, {"5": 0.5, "6": 0.5})
-    assert not diff.paired and not diff.has_interval and not diff.significant
+    assert not diff.paired and not diff.has_interval and not diff.excludes_zero
 
 
 def test_a_real_spread_still_gets_scipys_interval():

@@ -10,17 +10,16 @@ seconds of imports, so they run side by side.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, hparams_records, run_train
+from conftest import hparams_records, run_train
+from conftest import start_train as start_from_conftest
 from omegaconf import OmegaConf
 
 # Three epochs with dropout, so epochs after the kill draw dropout masks; not the default
@@ -34,17 +33,7 @@ SAME_SECOND = "2025-01-31_12-00-00"
 
 
 def start_train(*args: str, cwd: Path) -> subprocess.Popen:
-    # One thread per process: the runs share the machine's cores, and oversubscribed OpenMP
-    # threads spin instead of working (several times slower here).
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    return start_from_conftest(*args, cwd=cwd, merge_stderr=True)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
@@ -101,6 +90,8 @@ def runs(tmp_path_factory) -> dict:
     early_dir = root / "killed_before_first_checkpoint"
     shutil.copytree(run_dirs[0] / ".hydra", early_dir / ".hydra")
 
+    # An evaluation of the interrupted run's best checkpoint, which the resume will replace.
+    (killed_dir / "eval.json").write_text(json.dumps({"which": "best", "test_acc": 0.5}))
     # verbose= says how the run reports, not what it trains: it may accompany resume=.
     resumes = [
         start_train(f"resume={killed_dir}", cwd=root),
@@ -150,6 +141,14 @@ def test_a_resumed_run_is_labelled_with_its_own_choices(runs):
     uninterrupted, _ = hparams_records(runs["uninterrupted"][0])
     assert resumed == uninterrupted
     assert resumed["data"] == "digits" and resumed["optimizer"] == "adamw"
+
+
+@pytest.mark.slow
+def test_resuming_retires_an_evaluation_of_the_checkpoints_it_replaces(runs):
+    """Never two "best checkpoint" figures in one folder: the stale eval.json moves aside."""
+    assert not (runs["killed"] / "eval.json").exists()
+    retired = json.loads((runs["killed"] / "eval.superseded.json").read_text())
+    assert retired["test_acc"] == 0.5 and "resumed" in retired["superseded"]
 
 
 @pytest.mark.slow

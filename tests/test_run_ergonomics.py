@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
 from pathlib import Path
 
 import lightning as L
@@ -139,13 +140,82 @@ def test_every_trainer_argument_is_a_key_of_the_trainer_config():
         ("task_name=x", "did you mean name?"),
         ("debug=profiler", "did you mean debug=profile?"),
         ("logger=many_loggers", "did you mean logger=many?"),
-        ("trainer=ddp_sim", "did you mean trainer=ddp_cpu?"),
+        ("trainer=mps", "did you mean trainer=gpu?"),
         ("model=cnn_bn_drop", "did you mean model=cnn_bn_dropout?"),
+        # lightning-hydra-template's extras: no counterpart, so no misleading "threads?"
+        ("extras.print_config=false", "config_resolved.yaml"),
+        # its habits: + on a key that exists, and keys nested under model
+        ("+trainer.precision=16-mixed", "drop the +, e.g. trainer.precision=16-mixed"),
+        ("+trainer.detect_anomaly=true", "drop the +, e.g. trainer.detect_anomaly=true"),
+        ("model.optimizer.lr=0.01", "normlab's is optimizer.lr"),
+        ("model.scheduler.T_max=5", "normlab's is scheduler.T_max"),
     ],
 )
 def test_unknown_keys_and_options_get_a_did_you_mean(override, hint):
     hints = unknown_override_hints([override, "data=digits"], CONF, "train")
     assert len(hints) == 1 and hint in hints[0], hints
+    assert "threads" not in hints[0]
+
+
+@pytest.mark.slow
+def test_callbacks_none_counts_the_epochs_it_trained(tmp_path):
+    proc, results = run_train(
+        "data=digits", "debug=fast", "trainer.max_epochs=2", "callbacks=none",
+        run_dir=tmp_path / "run",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert results["epochs_completed"] == 2 and results["stopped_by"] == "max_epochs"
+    assert "(2 epochs," in proc.stdout + proc.stderr  # the final summary line
+
+
+def test_lightning_hydra_templates_debug_and_trainer_names_compose():
+    fdr = compose_config(["debug=fdr"])
+    assert fdr.trainer.max_epochs == 1 and fdr.trainer.num_sanity_val_steps == 0
+    limits = ("limit_train_batches", "limit_val_batches", "limit_test_batches")
+    assert [fdr.trainer[key] for key in limits] == [1, 1, 1]
+    assert fdr.trainer.fast_dev_run is False  # Lightning's would switch results off
+    GlobalHydra.instance().clear()
+    ddp_sim = compose_config(["trainer=ddp_sim"])
+    GlobalHydra.instance().clear()
+    assert ddp_sim.trainer == compose_config(["trainer=ddp_cpu"]).trainer
+
+
+SRUN_HINT = "The `srun` command is available on your system but is not used"
+
+
+@pytest.fixture
+def srun_on_path(tmp_path, monkeypatch) -> dict[str, str]:
+    """SLURM's client installed (an `srun` on PATH), no SLURM job around this process."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    srun = bin_dir / "srun"
+    srun.write_text("#!/bin/sh\nexit 1\n")
+    srun.chmod(0o755)
+    for name in ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_JOB_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+
+@pytest.mark.slow
+def test_debug_fdr_runs_one_batch_without_lightnings_srun_hint(tmp_path, srun_on_path):
+    proc, results = run_train(
+        "data=digits", "debug=fdr", run_dir=tmp_path / "run", env=srun_on_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert SRUN_HINT not in proc.stdout + proc.stderr
+    assert results["status"] == "completed" and results["epochs_completed"] == 1
+    assert results["test_acc"] is not None
+    assert (tmp_path / "run" / "checkpoints" / "best.ckpt").exists()
+
+
+@pytest.mark.slow
+def test_inside_a_slurm_job_the_srun_hint_stays(tmp_path, srun_on_path):
+    """Under sbatch/salloc without srun a multi-device run would hang: Lightning's hint is
+    the one that says why."""
+    env = {**srun_on_path, "SLURM_JOB_ID": "4242"}
+    proc, _ = run_train("data=digits", "debug=fdr", run_dir=tmp_path / "run", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert SRUN_HINT in proc.stdout + proc.stderr
 
 
 def test_tags_and_callbacks_none_compose():

@@ -30,6 +30,22 @@ _RESOLVERS = {
     "config_subdir": (lambda resume, output_dir: _config_subdir(resume, output_dir), False),
     # `${run_name:${name},${hydra.overrides.task}}`: `model-cnn_bn+seed-3` (normlab.runner.names).
     "run_name": (lambda name, overrides: _run_name(name, overrides), False),
+    # conf/hydra/launcher/slurm.yaml: GPUs, CPUs and memory that follow the trainer.
+    "slurm_gpus_per_node": (
+        lambda accelerator, devices: _slurm().gpus_per_node(accelerator, devices),
+        False,
+    ),
+    "slurm_cpus_per_task": (
+        lambda accelerator, threads: _slurm().cpus_per_task(accelerator, threads),
+        False,
+    ),
+    "slurm_mem_gb": (lambda accelerator, tasks: _slurm().mem_gb(accelerator, tasks), False),
+    # conf/logger/mlflow.yaml, wandb.yaml: tags as MLflow wants them; W&B offline by default.
+    "tracker_tags": (lambda tags: _trackers().tracker_tags(tags), False),
+    "wandb_mode": (lambda: _trackers().wandb_mode(), False),
+    # `optimizer.lr: ${linear_lr:0.01,${data.batch_size},32}`: 0.01 at batch 32, scaled linearly
+    # with the batch (Goyal et al. 2017; Wu & He 2018 train GroupNorm vs BN this way).
+    "linear_lr": (lambda base, batch, reference: _linear_lr(base, batch, reference), False),
 }
 
 
@@ -39,6 +55,31 @@ def _config_subdir(resume, output_dir) -> str | None:
     continued = os.environ.get("NORMLAB_CONTINUE_SWEEP")  # normlab.runner.continue_sweep.ENV
     saved = os.path.join(str(output_dir), ".hydra", "config.yaml")
     return None if continued and os.path.isfile(saved) else ".hydra"
+
+
+def _trackers():
+    from normlab import trackers
+
+    return trackers
+
+
+def _slurm():
+    from normlab import slurm
+
+    return slurm
+
+
+def _linear_lr(base, batch, reference) -> float:
+    from normlab.errors import ConfigError
+
+    numbers = (base, batch, reference)
+    if not all(isinstance(x, int | float) and not isinstance(x, bool) and x > 0 for x in numbers):
+        raise ConfigError(
+            f"${{linear_lr:{base},{batch},{reference}}}: needs three positive numbers: the "
+            "learning rate at the reference batch size, the batch size, and the reference, "
+            "e.g. optimizer.lr='${linear_lr:0.01,${data.batch_size},32}'."
+        )
+    return float(base) * float(batch) / float(reference)
 
 
 def _run_name(name, overrides) -> str:

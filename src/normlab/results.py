@@ -16,8 +16,12 @@ def result_number(results: Mapping[str, Any], key: str) -> float | None:
 
 def train_val_gap(results: Mapping[str, Any]) -> float | None:
     """The final epoch's training accuracy minus its validation accuracy (how much the run
-    overfits), from results.json; None when either is missing. The sweep report's column and
-    the run's TensorBoard HParams metric both come from here."""
-    train = result_number(results, "train_acc_final")
+    overfits), from results.json; None when either is missing. The training accuracy is the
+    eval-mode one (`train_acc_eval_final`: dropout off, a fixed sample of the training images)
+    when the run measured it, else the epoch's running train-mode accuracy. The sweep report's
+    column and the run's TensorBoard HParams metric both come from here."""
+    train = result_number(results, "train_acc_eval_final")
+    if train is None:
+        train = result_number(results, "train_acc_final")
     val = result_number(results, "val_acc_final")
     return None if train is None or val is None else train - val

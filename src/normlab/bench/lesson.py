@@ -6,8 +6,9 @@ worker processes (`lesson_dataloaders`, for any dataset).
 `train_and_validate` is the lesson's loop line for line: the per-step `.item()` calls, the
 accuracy through `torch.max(outputs.data, 1)`, validation on the test set each epoch and a
 `torch.save` of the whole model at the end of it. What differs: the prints are gone, the model
-is saved into `save_dir`, and `train_steps` / `eval_images` cut an epoch short so the
-benchmark can extrapolate one from a measured part (`clock` records when each part ends).
+is saved into `save_dir`, an optional per-step `scheduler` can run a recipe's schedule, and
+`train_steps` / `eval_images` cut an epoch short so the benchmark can extrapolate one from a
+measured part (`clock` records when each part ends).
 """
 
 from __future__ import annotations
@@ -74,8 +75,11 @@ def train_and_validate(
     train_steps: int | None = None,
     eval_images: int | None = None,
     clock: PhaseClock | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> list[list[float]]:
-    """One epoch of the lesson's loop; returns its history row like the lesson does."""
+    """One epoch of the lesson's loop; returns its history row like the lesson does.
+    `scheduler` (not the lesson's: it has none) is stepped after every optimizer step, so the
+    loop can run a recipe with a per-step schedule (the time-to-accuracy race)."""
     device = next(model.parameters()).device
     clock = clock or PhaseClock()
     history = []
@@ -100,6 +104,8 @@ def train_and_validate(
         loss = loss_criterion(outputs, labels)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         train_loss += loss.item() * inputs.size(0)
         _ret, predictions = torch.max(outputs.data, 1)
         correct_counts = predictions.eq(labels.data.view_as(predictions))

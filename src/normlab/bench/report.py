@@ -18,7 +18,6 @@ EPOCH_MIN_SPEEDUP = {128: 3.0}
 OVERHEAD_MAX_RATIO = {4: 1.25, 128: 1.05}
 STARTUP_MAX_EXTRA_S = 2.0
 PEAK_RSS_MAX_MB = 1500.0
-BUSY_THREADS_MAX_RATIO = 1.3
 
 
 def machine() -> dict[str, Any]:
@@ -143,7 +142,9 @@ def build_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{best['train_s']:.1f} {t['best_manual']} (wall {best['wall_s']:.1f})",
                 t["ratio"],
                 f"{t['ratio']:.2f}x",
-                at_most(BUSY_THREADS_MAX_RATIO, f"{BUSY_THREADS_MAX_RATIO:g}x"),
+                # No target: the default count ignores the load on purpose (the same command
+                # gives the same numbers); the run warns and names the faster threads= setting.
+                NO_TARGET,
             )
         )
     return rows
@@ -193,6 +194,8 @@ def format_table(rows: list[dict[str, Any]], results: dict[str, Any], sizes: Siz
         notes.append(
             "busy machine: one spinning background process; training time of `train.py "
             "data=digits` (epochs' time/epoch_s), default settings against the best of "
+            "(no target: the default thread count follows the command and the machine, not "
+            "the load, so results do not depend on what else runs; the run warns) "
             + ", ".join(f"{label} {run['train_s']:.1f} s" for label, run in t["manual"].items())
         )
     rule = "-" * len(fmt(header))

@@ -97,6 +97,10 @@ class InMemoryDataModule(L.LightningDataModule):
         val_size: images held out of the training set for validation (below 1: a fraction).
         train_size: keep only this many training images (None = all); for studies of
             overfitting on reduced data.
+        subset_seed: which `train_size` images are kept: None keeps the same ones for every
+            run (the first of the fixed split's order); a number draws them with that seed,
+            e.g. `${seed}`, so a study's spread over seeds covers the choice of the training
+            images too. The validation and test images never depend on it.
         split_seed: fixes which images form the validation split, independent of the run seed
             so runs with different seeds are validated on the same images.
         seed: seeds batch order and augmentation.
@@ -116,6 +120,7 @@ class InMemoryDataModule(L.LightningDataModule):
         train_size: int | None = None,
         split_seed: int = 0,
         seed: int = 0,
+        subset_seed: int | None = None,
     ) -> None:
         super().__init__()
         self.batch_size = batch_size
@@ -128,6 +133,14 @@ class InMemoryDataModule(L.LightningDataModule):
         self.val_fraction_of: int | None = None
         self.train_size = train_size
         self.split_seed = split_seed
+        whole = isinstance(subset_seed, int) and not isinstance(subset_seed, bool)
+        if subset_seed is not None and not whole:
+            raise DataError(
+                f"data.subset_seed={subset_seed!r}: must be a whole number (draw the training "
+                "subset with that seed, e.g. data.subset_seed=${seed}) or null (the same subset "
+                "for every run)."
+            )
+        self.subset_seed = subset_seed
         self.seed = seed
         self.train_set: ImageSplit | None = None
         self.val_set: ImageSplit | None = None
@@ -153,11 +166,20 @@ class InMemoryDataModule(L.LightningDataModule):
         )
         val_index, train_index = order[:n_val], order[n_val:]
         if self.train_size is not None:
-            train_index = train_index[: self.train_size]
+            train_index = self._training_subset(train_index)
         device = self._device()
         self.train_set = full_train.take(train_index).to(device)
         self.val_set = full_train.take(val_index).to(device)
         self.test_set = test.to(device)
+
+    def _training_subset(self, pool: torch.Tensor) -> torch.Tensor:
+        """`train_size` of the training split's image indices: the first ones (fixed), or a
+        draw with `subset_seed`. Drawn from the pool left after validation, so the
+        validation split is the same whatever the subset."""
+        if self.subset_seed is None:
+            return pool[: self.train_size]
+        draw = torch.randperm(len(pool), generator=torch.Generator().manual_seed(self.subset_seed))
+        return pool[draw[: self.train_size]]
 
     def _device(self) -> torch.device:
         # Hold the data where the model trains: on a GPU every batch is then an index

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import pickle
+import shlex
 import socket
 from pathlib import Path
 from typing import ClassVar
@@ -28,6 +29,8 @@ CHECKSUMS = dict(
 )
 STAMP = ".normlab-verified.json"
 URL = CIFAR10.url
+# Where data=cifar10_jpeg looks (conf/data/cifar10_jpeg.yaml): the JPEG class folders.
+JPEG_FOLDER = "cifar10-jpeg"
 
 # Per-channel statistics of the CIFAR-10 training set (on the [0, 1] scale).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -130,11 +133,22 @@ class CIFAR10DataModule(InMemoryDataModule):
             socket.setdefaulttimeout(previous_timeout)
 
     def _not_found_message(self, why: str) -> str:
+        jpeg = self.root / JPEG_FOLDER
+        if (jpeg / "train").is_dir():  # the JPEG copy is right here: that is the way out
+            return (
+                f"CIFAR-10 was not found in {self.folder} and could not be fetched ({why}), "
+                f"but its JPEG copy is unpacked in {jpeg}: train on it with data=cifar10_jpeg "
+                f"(e.g. python train.py data=cifar10_jpeg), or place {ARCHIVE} (from {URL}) in "
+                f"{self.root} for the original files."
+            )
         return (
             f"CIFAR-10 was not found in {self.folder} and could not be fetched ({why}). "
-            f"Three ways out: place {ARCHIVE} (from {URL}) in {self.root} and it will "
+            f"Four ways out: place {ARCHIVE} (from {URL}) in {self.root} and it will "
             "be unpacked on the next run; point data.root at a folder that already holds "
-            f"{FOLDER}/; or train offline on scikit-learn's digits with data=digits."
+            f"{FOLDER}/; if you have the JPEG copy ({JPEG_FOLDER}.tar.gz), unpack it with "
+            f"tar -xzf {JPEG_FOLDER}.tar.gz -C {shlex.quote(str(self.root))}/ and train with "
+            "data=cifar10_jpeg; "
+            "or train offline on scikit-learn's digits with data=digits."
         )
 
     def load(self) -> tuple[ImageSplit, ImageSplit]:

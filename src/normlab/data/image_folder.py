@@ -1,7 +1,9 @@
 """Your own images, laid out in class folders, held in memory like every other dataset.
 
 `root/train/<class>/*` (and optionally `root/test/<class>/*`) in torchvision's ImageFolder
-convention: class names are the folder names, sorted. Every image is decoded once, converted
+convention: class names are the folder names, sorted; every image under a class folder counts,
+at any depth and through symbolic links (normlab.data.image_files, which names in one warning
+whatever it leaves out). Every image is decoded once, converted
 to RGB, resized to `image_size` and stored as one uint8 tensor, which is cached on disk: the
 next run loads the cache in about a second, and the cache is rebuilt when a file in the folder
 is added, removed or changed.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -21,12 +24,19 @@ import torch
 from PIL import Image
 
 from normlab.data.base import ImageSplit, InMemoryDataModule, count_or_fraction
+from normlab.data.image_files import (
+    IMAGE_SUFFIXES,
+    SHOWN,
+    LeftOut,
+    folder_identity,
+    images_under,
+    per_class_counts,
+)
 from normlab.errors import DataError
 from normlab.files import atomic_open
 
 log = logging.getLogger("normlab")
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 CACHE_VERSION = 1
 
 
@@ -96,28 +106,26 @@ def class_folders(split_dir: Path, key: str) -> list[Path]:
 
 
 def list_images(split_dir: Path, key: str) -> tuple[list[str], list[tuple[Path, int]]]:
-    """(class names, [(file, label)]) for one split, in a fixed order."""
+    """(class names, [(file, label)]) for one split, in a fixed order: every image under each
+    class folder, at any depth and through symbolic links; the files left out are counted and
+    named in one warning."""
     folders = class_folders(split_dir, key)
     files: list[tuple[Path, int]] = []
-    ignored: list[Path] = []
+    left_out = LeftOut()
+    # The split folder counts as walked: a link back up to it (train/dog/up -> train/) is a
+    # loop, named as such.
+    seen = {folder_identity(split_dir)}
     for label, folder in enumerate(folders):
-        found = 0
-        for path in sorted(folder.rglob("*")):
-            if path.name.startswith(".") or not path.is_file():
-                continue
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                files.append((path, label))
-                found += 1
-            else:
-                ignored.append(path)
+        found = images_under(folder, left_out, seen)
         if not found:
             raise DataError(
-                f"The class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}). "
-                "Add images to it or remove the folder."
+                f"The class folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}, "
+                "at any depth). Add images to it or remove the folder."
             )
-    if ignored:
-        shown = ", ".join(str(p) for p in ignored[:3]) + (" ..." if len(ignored) > 3 else "")
-        log.warning("Ignored %d files that are not images: %s", len(ignored), shown)
+        files += [(path, label) for path in found]
+    if left_out:
+        log.warning("Left out %d files or folders under %s: %s", len(left_out), split_dir,
+                    left_out.describe())  # fmt: skip
     return [f.name for f in folders], files
 
 
@@ -133,16 +141,44 @@ def fingerprint(files: Sequence[tuple[Path, int]], root: Path, image_size: int) 
 
 
 def decode_all(files: Sequence[tuple[Path, int]], size: int, what: str) -> ImageSplit:
+    """Decode every file; one DataError listing all the files that cannot be decoded."""
     images = np.empty((len(files), 3, size, size), dtype=np.uint8)
+    bad: list[DataError] = []
     started = last_report = time.monotonic()
     for i, (path, _) in enumerate(files):
-        images[i] = decode_image(path, size)
+        try:
+            images[i] = decode_image(path, size)
+        except DataError as err:  # keep going: the user gets the whole list in one go
+            bad.append(err)
         if time.monotonic() - last_report > 3:  # a line every few seconds, readable in a log
             last_report = time.monotonic()
             log.info("Decoding %s: %d/%d images (%.0f s)", what, i + 1, len(files),
                      last_report - started)  # fmt: skip
+    if bad:
+        raise bad_images_error(bad, len(files), what)
     labels = torch.tensor([label for _, label in files], dtype=torch.long)
     return ImageSplit(torch.from_numpy(images), labels)
+
+
+def bad_images_error(bad: Sequence[DataError], total: int, what: str) -> DataError:
+    """One paragraph for every undecodable image of a split: the count, the first few with
+    their reasons, and a file that lists them all."""
+    if len(bad) == 1:
+        return bad[0]
+    digest = hashlib.sha1(what.encode()).hexdigest()[:12]
+    listing = Path(tempfile.gettempdir()) / f"normlab-bad-images-{digest}.txt"
+    where = ""
+    try:
+        listing.write_text("".join(f"{err}\n" for err in bad))
+        where = f" The full list is in {listing}."
+    except OSError:
+        pass
+    shown = " ".join(str(err).split(" Remove")[0] for err in bad[:SHOWN])
+    return DataError(
+        f"{len(bad)} of the {total} images in {what} cannot be decoded; the first "
+        f"{min(len(bad), SHOWN)}: {shown}{where} Remove these files or replace them with valid "
+        "PNG, JPEG, BMP or WEBP images; nothing was cached."
+    )
 
 
 class ImageFolderDataModule(InMemoryDataModule):
@@ -239,7 +275,8 @@ class ImageFolderDataModule(InMemoryDataModule):
                 try:
                     saved = torch.load(cache, weights_only=True)
                     if saved.get("fingerprint") == key:
-                        log.info("Loaded %s from the cache %s", self.root, cache)
+                        log.info("Loaded %s from the cache %s: %s", self.root, cache,
+                                 self._counts(train_files, test_files))  # fmt: skip
                         return (
                             ImageSplit(saved["train_images"], saved["train_labels"]),
                             ImageSplit(saved["test_images"], saved["test_labels"]),
@@ -247,11 +284,12 @@ class ImageFolderDataModule(InMemoryDataModule):
                     log.info("The folder %s changed since it was cached: decoding again", self.root)
                 except Exception as err:  # an unreadable cache is only a slower start
                     log.warning("Ignoring the unreadable cache %s (%s)", cache, err)
-        log.info("Decoding %d images in %s%s", len(train_files) + len(test_files), self.root,
-                 " (cached afterwards)" if cache is not None else "")  # fmt: skip
-        train = decode_all(train_files, self.image_size, "train/")
+        log.info("Decoding %d images in %s%s: %s", len(train_files) + len(test_files), self.root,
+                 " (cached afterwards)" if cache is not None else "",
+                 self._counts(train_files, test_files))  # fmt: skip
+        train = decode_all(train_files, self.image_size, f"{self.root / 'train'}")
         if test_files:
-            test = decode_all(test_files, self.image_size, "test/")
+            test = decode_all(test_files, self.image_size, f"{self.root / 'test'}")
         else:  # the test split is held out of train/ later, after the cache is written
             empty = torch.empty((0, 3, self.image_size, self.image_size), dtype=torch.uint8)
             test = ImageSplit(empty, torch.empty(0, dtype=torch.long))
@@ -270,6 +308,17 @@ class ImageFolderDataModule(InMemoryDataModule):
             except OSError as err:  # a read-only or full disk costs the next run a decode
                 log.warning("Could not write the cache %s (%s)", cache, err.strerror or err)
         return train, test
+
+    def _counts(
+        self, train_files: list[tuple[Path, int]], test_files: list[tuple[Path, int]]
+    ) -> str:
+        """`train/ cat 6, dog 210; test/ cat 2, dog 2`: the images of each class."""
+        splits = [("train/", train_files), ("test/", test_files)]
+        return "; ".join(
+            f"{name} {per_class_counts(self.class_names, [label for _, label in files])}"
+            for name, files in splits
+            if files
+        )
 
     def _hold_out_test(self, train: ImageSplit) -> tuple[ImageSplit, ImageSplit]:
         n_test = count_or_fraction(self.test_size, "data.test_size", len(train))

@@ -35,6 +35,7 @@ from normlab.diagnostics.probes import (
     update_ratios,
 )
 from normlab.errors import ConfigError
+from normlab.training.progress import epoch_label
 
 # The largest bucket edge of torch.utils.tensorboard's default histogram bins.
 HISTOGRAM_LIMIT = 1e20
@@ -241,7 +242,7 @@ class NetworkDiagnostics(L.Callback):
             self._writer.add_scalar(f"val_class_acc/{name}", accuracy, step)
         accuracy = counts.trace().item() / max(counts.sum().item(), 1)
         figure, axes = self._confusion.plot(counts, labels=names)
-        axes.set_title(f"epoch {trainer.current_epoch}: validation accuracy {accuracy:.3f}")
+        axes.set_title(confusion_title(trainer, accuracy))
         self._writer.add_figure("val/confusion_matrix", figure, step, close=True)
         images, labels, predicted = self._sample
         if not len(images):
@@ -313,3 +314,9 @@ def normalization(trainer: L.Trainer) -> tuple[Sequence[float] | None, Sequence[
     """The mean and std the validation images were normalized with, if the datamodule says."""
     transform = getattr(trainer.datamodule, "eval_transform", None)
     return getattr(transform, "mean", None), getattr(transform, "std", None)
+
+
+def confusion_title(trainer: L.Trainer, accuracy: float) -> str:
+    """`epoch 5/5: validation accuracy 0.931`: the epoch counted from 1, as the console's
+    summary lines and progress bar count it."""
+    return f"{epoch_label(trainer)}: validation accuracy {accuracy:.3f}"

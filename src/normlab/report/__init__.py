@@ -1,4 +1,5 @@
-"""Sweep report: every job's `results.json` -> `summary.csv`, `summary.md` and PNG plots.
+"""Sweep report: every job's `results.json` -> `summary.csv`, `summary.md`, `contrasts.csv`
+(every contrast with its raw and Holm-adjusted p-value) and PNG plots.
 
     python -m normlab.report logs/multiruns/<date>_<time>_<pid>
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from normlab.files import atomic_open
+from normlab.report.contrasts import write_contrasts_csv
 from normlab.report.plots import write_plots
 from normlab.report.sweep import Sweep, load_sweep
 from normlab.report.tables import check_baselines, markdown, write_csv
@@ -19,14 +21,19 @@ __all__ = ["Sweep", "load_sweep", "write_report"]
 
 
 def write_report(
-    sweep_dir: Path | str, plots: bool = True, baselines: dict[str, str] | None = None
+    sweep_dir: Path | str,
+    plots: bool = True,
+    baselines: dict[str, str] | None = None,
+    sweep: Sweep | None = None,
 ) -> Path:
-    """Write summary.csv, summary.md and (with `plots`) the PNGs; return summary.md's path.
+    """Write summary.csv, contrasts.csv, summary.md and (with `plots`) the PNGs; return
+    summary.md's path.
     `baselines` names, per swept axis, the value the others are compared with (default: the
-    first value swept)."""
-    sweep = load_sweep(Path(sweep_dir))
+    first value swept); `sweep` is the sweep already loaded from `sweep_dir`, if it was."""
+    sweep = sweep or load_sweep(Path(sweep_dir))
     check_baselines(sweep, baselines)  # before anything is written
     write_csv(sweep, sweep.path / "summary.csv")
+    write_contrasts_csv(sweep, sweep.path / "contrasts.csv", baselines)
     written: list[str] = []
     if plots:
         written = write_plots(sweep, sweep.path)

@@ -4,6 +4,7 @@ that was stopped, or after deleting jobs."""
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,9 +30,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "e.g. --baseline model/norm=batch",
     )
     args = parser.parse_args(argv)
+    # Jobs left out of the figures (an unreadable results.json) are named on the console too.
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     try:
-        baselines = parse_baselines(args.baseline, load_sweep(args.sweep_dir))
-        path = write_report(args.sweep_dir, plots=not args.no_plots, baselines=baselines)
+        sweep = load_sweep(args.sweep_dir)  # once: its warnings are said once
+        baselines = parse_baselines(args.baseline, sweep)
+        path = write_report(args.sweep_dir, not args.no_plots, baselines, sweep)
     except NormlabError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -3,14 +3,21 @@
 A sweep repeats each configuration over seeds; a study's answer is a difference between two
 of them (BN minus no norm, dropout minus none). With the same seeds on both sides the runs are
 paired (same validation split, same batch order and augmentation), so the interval comes from
-the per-seed differences (paired t); otherwise from Welch's unequal-variance t.
+the per-seed differences over the seeds both sides ran (paired t); only without two such
+seeds from Welch's unequal-variance t.
+
+A report makes many such comparisons, and at p < 0.05 one in twenty true nulls would look
+real. `holm` adjusts a family's p-values (Holm 1979: step-down Bonferroni, which controls the
+chance of any false claim in the family at 0.05 without assuming independence); a contrast
+is called significant only by its adjusted p-value.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from scipy import stats
@@ -20,6 +27,8 @@ from scipy import stats
 # last bits (0.7 - 0.6 != 0.6 - 0.5 in floating point), and a t-test would read that as a
 # spread of 1e-17 and a p-value of 1e-31.
 SAME = 1e-9
+# The family-wise error rate the adjusted p-values are compared with.
+ALPHA = 0.05
 
 
 @dataclass(frozen=True)
@@ -39,19 +48,23 @@ class Difference:
         return not math.isnan(self.low)
 
     @property
-    def significant(self) -> bool:
+    def excludes_zero(self) -> bool:
+        """The unadjusted 95% interval excludes zero (p < 0.05 before any correction)."""
         return self.low > 0 or self.high < 0  # False for NaN: no interval, no claim
 
 
 def difference(
     a: Mapping[str, float], b: Mapping[str, float], level: float = 0.95
 ) -> Difference | None:
-    """Compare two configurations' values, keyed by seed. Paired when both have the same
-    seeds; None when there are too few values for an interval."""
+    """Compare two configurations' values, keyed by seed. Paired over the seeds both ran when
+    there are two or more (a job missing on one side drops that seed from both: the design
+    stays paired, the interval widens); Welch's t otherwise; None when there are too few
+    values for an interval."""
     xa, xb = list(a.values()), list(b.values())
     scale = max((abs(x) for x in xa + xb), default=0.0)
-    if set(a) == set(b) and len(a) >= 2:
-        diffs = [a[seed] - b[seed] for seed in sorted(a)]
+    common = sorted(set(a) & set(b))
+    if len(common) >= 2:
+        diffs = [a[seed] - b[seed] for seed in common]
         n = len(diffs)
         mean = statistics.fmean(diffs)
         se = statistics.stdev(diffs) / math.sqrt(n)
@@ -89,13 +102,54 @@ class Contrast:
     baseline: str
     where: dict[str, str]  # the other axes' values
     diff: Difference
+    metric: str = ""  # the results.json key compared, e.g. test_acc
+    # Holm-adjusted within the report's family of contrasts (NaN until `adjust_family`).
+    p_adjusted: float = math.nan
+
+    @property
+    def key(self) -> tuple:
+        """The comparison, whatever the metric: (axis, value, the other axes' values)."""
+        return (self.axis, self.value, tuple(self.where.items()))
+
+    @property
+    def significant(self) -> bool:
+        """Significant after the family's Holm adjustment (False without an interval)."""
+        return self.p_adjusted < ALPHA  # False for NaN
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given. The k-th smallest of m
+    p-values becomes max over j <= k of min(1, (m - j + 1) p_(j)). NaN p-values (differences
+    with no spread: no test was made) stay NaN and do not count in m."""
+    tested = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    m = len(tested)
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, index) in enumerate(tested):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[index] = running
+    return adjusted
+
+
+def adjust_family(family: Sequence[Contrast]) -> list[Contrast]:
+    """The contrasts with `p_adjusted` set: Holm over the whole family."""
+    adjusted = holm([c.diff.p_value for c in family])
+    return [dataclasses.replace(c, p_adjusted=p) for c, p in zip(family, adjusted, strict=True)]
+
+
+def family_size(family: Sequence[Contrast]) -> int:
+    """How many tests the adjustment counted (contrasts with an interval)."""
+    return sum(not math.isnan(c.diff.p_value) for c in family)
 
 
 Run = tuple[Mapping[str, str], str, float]  # (swept settings without seed, seed, value)
 
 
 def contrasts(
-    runs: list[Run], axes: list[str], baselines: Mapping[str, str] | None = None
+    runs: list[Run],
+    axes: list[str],
+    baselines: Mapping[str, str] | None = None,
+    metric: str = "",
 ) -> list[Contrast]:
     """Every value of every axis against that axis's baseline (the first value swept, or the
     one `baselines` names), within each combination of the other axes."""
@@ -117,5 +171,5 @@ def contrasts(
                     continue
                 diff = difference(by_value[value], by_value[baseline])
                 if diff is not None:
-                    found.append(Contrast(axis, value, baseline, dict(where), diff))
+                    found.append(Contrast(axis, value, baseline, dict(where), diff, metric))
     return found

@@ -7,6 +7,7 @@ never dropped.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import statistics
 from collections.abc import Sequence
@@ -17,10 +18,16 @@ from typing import Any
 from normlab.errors import NormlabError
 from normlab.files import folder_in_use
 from normlab.report.numbers import short_forms
+from normlab.report.schema import schema_problem
 from normlab.results import result_number, train_val_gap
+from normlab.runner.commands import command
 
 # Runs that produced metrics: diverged runs stopped early but were validated and tested.
 MEASURED = ("completed", "diverged")
+# A job whose results.json is not JSON or breaks the schema: listed, never measured.
+UNREADABLE = "unreadable"
+
+log = logging.getLogger("normlab.report")
 
 
 @dataclass
@@ -31,6 +38,7 @@ class Job:
     overrides: list[str]
     results: dict[str, Any]
     config: str = ""  # label of its configuration, set when the sweep is grouped
+    path: Path | None = None  # the job's folder
 
     @property
     def settings(self) -> dict[str, str]:
@@ -58,7 +66,8 @@ class Job:
     def detail(self) -> str:
         """One line on what went wrong, for the table of diverged and failed jobs."""
         if self.status == "interrupted" and not self.results.get("error"):
-            return "stopped (Ctrl-C or SIGTERM); continue it with python train.py resume=<job dir>"
+            resume = command("train.py", resume=self.path or "<job dir>")
+            return f"stopped (Ctrl-C or SIGTERM); continue it with {resume}"
         if self.status == "diverged":
             step = self.results.get("diverged_at_step")
             return f"loss NaN/inf or above max_loss by step {step}"
@@ -120,16 +129,26 @@ def split_override(override: str) -> tuple[str, str]:
 
 
 def load_job(job_dir: Path) -> Job:
+    """A job as its results.json describes it; "missing" without one, "unreadable" (with the
+    key at fault) when it is not JSON or breaks the schema (normlab.report.schema)."""
     results_path = job_dir / "results.json"
     try:
         results = json.loads(results_path.read_text())
+        problem = schema_problem(results)
     except FileNotFoundError:
         results = {
             "status": "missing",
             "error": "no results.json: the job is still running, or was killed before it wrote one",
         }
-    except json.JSONDecodeError as err:
-        results = {"status": "missing", "error": f"results.json unreadable: {err}"}
+        problem = None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        problem = f"is not readable JSON ({err})"
+    if problem is not None:
+        log.warning("job %s: results.json %s; the job is listed as unreadable and left out of "
+                    "every figure", job_dir.name, problem)  # fmt: skip
+        overrides = _overrides_from_hydra(job_dir)
+        error = f"results.json {problem}"
+        return Job(job_dir.name, overrides, {"status": UNREADABLE, "error": error}, path=job_dir)
     if results.get("status") == "running" and not folder_in_use(job_dir):
         # Written when training starts and replaced when it ends: nobody is running it now.
         results = {
@@ -140,7 +159,7 @@ def load_job(job_dir: Path) -> Job:
     overrides = results.get("overrides")
     if overrides is None:
         overrides = _overrides_from_hydra(job_dir)
-    return Job(job_dir.name, [str(o) for o in overrides], results)
+    return Job(job_dir.name, list(overrides), results, path=job_dir)
 
 
 def _overrides_from_hydra(job_dir: Path) -> list[str]:
@@ -149,7 +168,11 @@ def _overrides_from_hydra(job_dir: Path) -> list[str]:
         return []
     from omegaconf import OmegaConf  # only needed for jobs that died before results.json
 
-    return [str(o) for o in OmegaConf.load(path)]
+    try:
+        overrides = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception:  # a damaged file: the job is still listed, under no configuration
+        return []
+    return [str(o) for o in overrides] if isinstance(overrides, list) else []
 
 
 def find_job_dirs(sweep_dir: Path) -> list[Path]:

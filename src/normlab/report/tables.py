@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -13,9 +12,17 @@ from typing import Any
 
 from normlab.errors import NormlabError
 from normlab.files import atomic_open
-from normlab.report.numbers import format_number
-from normlab.report.stats import Contrast, contrasts
-from normlab.report.sweep import Job, Sweep, mean_std, split_override
+from normlab.report.cells import format_mean_std, markdown_table
+from normlab.report.contrasts import (
+    contrast_section,
+    epoch_contrast_section,
+    epoch_family,
+    other_tests,
+    report_family,
+    shown_epochs,
+    within_run_section,
+)
+from normlab.report.sweep import Job, Sweep, split_override
 
 # Per-configuration aggregates in summary.md: (column title, per-job value).
 AGGREGATES = (
@@ -26,19 +33,12 @@ AGGREGATES = (
 )
 # summary.csv puts these results.json keys first, then any others it finds.
 FIRST_COLUMNS = (
-    "val_acc_best", "val_acc_final", "test_acc", "train_val_gap", "train_acc_final",
-    "train_loss_final", "val_loss_final", "test_loss", "epochs_completed", "wall_s",
+    "val_acc_best", "val_acc_final", "test_acc", "train_val_gap", "lr", "train_acc_eval_final",
+    "train_acc_final", "test_acc_batch_stats", "test_acc_bn_recalibrated", "train_loss_final",
+    "val_loss_final", "test_loss", "epochs_completed", "wall_s",
 )  # fmt: skip
 # Not metrics: the per-epoch history goes to the plots, the overrides to their own columns.
 NOT_COLUMNS = {"status", "history", "overrides"}
-
-
-def format_mean_std(values: Sequence[float], n: int) -> str:
-    mean, std = mean_std(values)
-    if mean is None:
-        return "–"
-    text = f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
-    return text if len(values) == n else f"{text} (n={len(values)})"
 
 
 def csv_columns(jobs: Iterable[Job]) -> list[str]:
@@ -124,62 +124,6 @@ def parse_baselines(given: Iterable[str], sweep: Sweep) -> dict[str, str]:
     return baselines
 
 
-def sweep_contrasts(
-    sweep: Sweep, key: str, baselines: dict[str, str] | None = None
-) -> list[Contrast]:
-    """Each swept value against its axis's baseline, per combination of the other axes."""
-    runs = [
-        (config.settings, job.seed or job.name, value)
-        for config in sweep.configs
-        for job in config.jobs
-        if job.measured and (value := job.value(key)) is not None and math.isfinite(value)
-    ]
-    axes = [k for k in sweep.varying if k != "seed"]
-    return contrasts(runs, axes, baselines)
-
-
-def _contrast_section(sweep: Sweep, baselines: dict[str, str] | None) -> list[str]:
-    test = sweep_contrasts(sweep, "test_acc", baselines)
-    if not test:
-        return []
-    gap = {
-        (c.axis, c.value, tuple(c.where.items())): c
-        for c in sweep_contrasts(sweep, "train_val_gap", baselines)
-    }
-    rows = []
-    for c in test:
-        g = gap.get((c.axis, c.value, tuple(c.where.items())))
-        rows.append(
-            [
-                f"{c.axis}: {sweep.show(c.axis, c.value)} − {sweep.show(c.axis, c.baseline)}",
-                ", ".join(f"{k}={sweep.show(k, v)}" for k, v in c.where.items()) or "–",
-                f"{c.diff.n}{'' if c.diff.paired else ' (unpaired)'}",
-                f"{c.diff.mean:+.4f}{' *' if c.diff.significant else ''}",
-                _interval_cell(c),
-                format_number(c.diff.p_value) if c.diff.has_interval else "–",
-                "–" if g is None else f"{g.diff.mean:+.4f} {_interval_cell(g)}",
-            ]
-        )
-    return [
-        "",
-        "## Contrasts: is the difference real?",
-        "",
-        "Each swept value against its axis's baseline, the other axes held fixed: the mean "
-        "difference in test accuracy over seeds with its 95% confidence interval (paired t "
-        "over seeds when both sides ran the same seeds, else Welch's t) and p-value; "
-        '* marks an interval that excludes zero; "no spread" marks differences that are the '
-        "same for every seed, from which no interval can be estimated. The last column is the "
-        "same difference in the train − val gap.",
-        "",
-        *_table(["comparison", "where", "n", "Δ test acc", "95% CI", "p", "Δ gap [95% CI]"], rows),
-    ]
-
-
-def _interval_cell(contrast: Contrast) -> str:
-    diff = contrast.diff
-    return f"[{diff.low:+.4f}, {diff.high:+.4f}]" if diff.has_interval else "(no spread)"
-
-
 def markdown(sweep: Sweep, plots: Sequence[str], baselines: dict[str, str] | None = None) -> str:
     counts: dict[str, int] = {}
     for job in sweep.jobs:
@@ -193,20 +137,21 @@ def markdown(sweep: Sweep, plots: Sequence[str], baselines: dict[str, str] | Non
     ]
     if sweep.fixed:
         lines += ["", "Every job: `" + " ".join(sweep.fixed) + "`"]
+    aggregates = [*AGGREGATES, *((title, key) for key, title, *_ in other_tests(sweep))]
+    family = report_family(sweep, baselines)
     lines += [
         "",
         "Seeds folded together: mean ± sample standard deviation over the n runs that were "
         "measured (completed or diverged). Test accuracy uses each run's best checkpoint (by "
-        "validation accuracy). The gap is the final epoch's training accuracy (averaged over the "
-        "epoch, dropout active) minus its validation accuracy.",
+        f"validation accuracy). {gap_text(sweep)}",
         "",
-        *_table(
-            ["configuration", "n", *(title for title, _ in AGGREGATES), "diverged", "failed"],
+        *markdown_table(
+            ["configuration", "n", *(title for title, _ in aggregates), "diverged", "failed"],
             [
                 [
                     config.label,
                     str(config.measured),
-                    *(format_mean_std(config.values(k), config.measured) for _, k in AGGREGATES),
+                    *(format_mean_std(config.values(k), config.measured) for _, k in aggregates),
                     str(config.count("diverged")),
                     str(len(config.jobs) - config.measured),
                 ]
@@ -218,8 +163,10 @@ def markdown(sweep: Sweep, plots: Sequence[str], baselines: dict[str, str] | Non
     if len(ranked) > 1:
         best = max(ranked, key=lambda c: statistics.fmean(c.values("val_acc_best")))
         lines += ["", f"Best mean validation accuracy: **{best.label}**."]
-    lines += _contrast_section(sweep, baselines)
+    lines += contrast_section(sweep, family)
+    lines += within_run_section(sweep, family)
     lines += _epoch_section(sweep)
+    lines += epoch_contrast_section(sweep, epoch_family(sweep, baselines))
     lines += _problem_section(sweep)
     if plots:
         lines += ["", "## Plots", ""]
@@ -227,12 +174,23 @@ def markdown(sweep: Sweep, plots: Sequence[str], baselines: dict[str, str] | Non
     return "\n".join(lines) + "\n"
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    """A markdown table; every column but the first right-aligned (numbers)."""
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-    for row in rows:
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
-    return lines
+def gap_text(sweep: Sweep) -> str:
+    """How the train − val gap was measured, for the jobs of this sweep."""
+    measured = [job for job in sweep.jobs if job.measured]
+    in_eval = sum(job.value("train_acc_eval_final") is not None for job in measured)
+    text = (
+        "The gap is the final epoch's training accuracy minus its validation accuracy; the "
+        "training accuracy is measured in eval mode (dropout off, BN on running statistics, no "
+        "augmentation) on a fixed sample of the training images after the epoch "
+        "(train_acc_eval_final)"
+    )
+    if in_eval == len(measured):
+        return text + "."
+    return (
+        f"{text} for {in_eval} of {len(measured)} runs; the others did not measure it, and "
+        "their gap uses the running training accuracy of the epoch (dropout on, weights still "
+        "changing: train_acc_final), which understates what the network fits."
+    )
 
 
 def _epoch_section(sweep: Sweep, max_columns: int = 12) -> list[str]:
@@ -241,10 +199,7 @@ def _epoch_section(sweep: Sweep, max_columns: int = 12) -> list[str]:
     last = max((max(epochs) for _, epochs in per_config if epochs), default=None)
     if last is None:
         return []
-    shown = list(range(last + 1))
-    if len(shown) > max_columns:  # evenly spaced epochs, always the first and the last
-        step = last / (max_columns - 1)
-        shown = sorted({round(i * step) for i in range(max_columns)})
+    shown = shown_epochs(last, max_columns)
     rows = [
         [config.label]
         + [f"{statistics.fmean(epochs[e]):.4f}" if e in epochs else "–" for e in shown]
@@ -254,7 +209,7 @@ def _epoch_section(sweep: Sweep, max_columns: int = 12) -> list[str]:
         "",
         "## Validation accuracy per epoch (mean over seeds)",
         "",
-        *_table(["val acc per epoch", *(str(e + 1) for e in shown)], rows),
+        *markdown_table(["val acc per epoch", *(str(e + 1) for e in shown)], rows),
     ]
 
 
@@ -277,5 +232,5 @@ def _problem_section(sweep: Sweep) -> list[str]:
         "",
         "## Diverged, failed and interrupted jobs",
         "",
-        *_table(["job", "configuration", "seed", "status", "epochs", "detail"], rows),
+        *markdown_table(["job", "configuration", "seed", "status", "epochs", "detail"], rows),
     ]

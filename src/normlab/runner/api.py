@@ -139,14 +139,16 @@ def evaluate(
     from hydra.types import RunMode
     from omegaconf import open_dict
 
+    from normlab.runner.commands import hydra_value
+
     conf = find_config_dir(config_dir)
     run_dir = Path(run_dir).expanduser().resolve()
     _refuse_sweeps(list(overrides))
     with _project_root(conf.parent):
         with _hydra(conf) as hydra:
-            cfg = _compose(
-                hydra, conf, "eval", [f"run={run_dir}", f"which={which}", *overrides], RunMode.RUN
-            )
+            # Quoted for Hydra's grammar: a folder with a space or a comma is one value.
+            run = f"run={hydra_value(run_dir)}"
+            cfg = _compose(hydra, conf, "eval", [run, f"which={which}", *overrides], RunMode.RUN)
         with open_dict(cfg):
             del cfg["hydra"]  # eval.py's own log folder is not needed: the result is eval.json
         from normlab.runner.evaluate import evaluate as evaluate_run

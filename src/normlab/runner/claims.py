@@ -9,6 +9,7 @@ from pathlib import Path
 
 from normlab.errors import ConfigError
 from normlab.files import FolderLock, absolute_path, reraise_disk_full
+from normlab.runner.commands import command
 
 _claims: dict[Path, FolderLock] = {}
 
@@ -65,8 +66,8 @@ def claim_run_dir(run_dir: str | Path, resumed: bool, key: str = "hydra.run.dir"
         if not resumed and holds_run(run_dir):
             raise ConfigError(
                 f"{key}={run_dir} already holds a run (results.json or checkpoints/), and a new "
-                "run would overwrite it. Continue it with python train.py "
-                f"resume={run_dir}, re-test it with python eval.py run={run_dir}, or give the "
+                f"run would overwrite it. Continue it with {command('train.py', resume=run_dir)}, "
+                f"re-test it with {command('eval.py', run=run_dir)}, or give the "
                 "new run another folder (leave hydra.run.dir out for a fresh one)."
             )
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import FrameType
 
 from normlab.errors import NormlabError
-from normlab.runner.console import in_multirun
+from normlab.runner.console import hide_srun_hint_outside_slurm, in_multirun
 
 
 @contextlib.contextmanager
@@ -155,3 +155,4 @@ def quiet_lightning() -> None:
     # Under DDP: torchmetrics objects sync themselves; the other epoch values logged
     # (val/acc_best, epoch time) are the same on every rank or rank 0's own by design.
     warnings.filterwarnings("ignore", message=".*when logging on epoch level in distributed.*")
+    hide_srun_hint_outside_slurm()

@@ -9,6 +9,8 @@ a sweep only one line per job (the job's final figures) plus warnings and errors
 from __future__ import annotations
 
 import logging
+import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -71,3 +73,17 @@ def in_multirun(hydra_cfg: Mapping[str, Any] | None = None) -> bool:
         return mode == RunMode.MULTIRUN or str(mode) == "MULTIRUN"
     except Exception:
         return False
+
+
+def hide_srun_hint_outside_slurm() -> None:
+    """Drop Lightning's "The `srun` command is available on your system but is not used"
+    where no SLURM job runs this process.
+
+    Lightning says it whenever an `srun` executable is on PATH (any machine with SLURM's
+    client installed: a login node, a workstation) and the process was not started by
+    `srun`: every run, sweep job and notebook cell. Outside a SLURM allocation there is
+    nothing to prepend. Inside one (SLURM_JOB_ID is set: `sbatch`, `salloc`) it is the
+    warning that matters: a multi-device run started without `srun` hangs.
+    """
+    if "SLURM_JOB_ID" not in os.environ:
+        warnings.filterwarnings("ignore", message="The `srun` command is available on your system")

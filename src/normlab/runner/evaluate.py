@@ -43,6 +43,7 @@ from normlab.runner.rundir import (
     read_results,
     saved_config,
 )
+from normlab.runner.runstate import check_not_training, check_run_architecture, load_run_checkpoint
 from normlab.runner.threads import threads_for_run
 from normlab.runner.train import relative_to_run
 
@@ -50,6 +51,8 @@ log = logging.getLogger("normlab")
 
 # Keys of conf/eval.yaml itself; every other override is meant for the run's config.
 EVAL_KEYS = ("run", "which", "ckpt_path")
+# Runs whose checkpoints will not change again.
+FINISHED = ("completed", "diverged")
 _ABSENT = object()
 
 
@@ -107,6 +110,9 @@ def evaluate(eval_cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, A
     started = time.perf_counter()
     quiet_lightning()
     run_dir, cfg, ckpt, ckpt_key = locate(eval_cfg, overrides)
+    which = run_checkpoint(run_dir, ckpt)
+    if which is not None:  # the run's own checkpoint: final only once the run has ended
+        check_not_training(run_dir, "eval.py")
     apply_overrides(cfg, eval_cfg, overrides)
     check_config(cfg)
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
@@ -117,14 +123,18 @@ def evaluate(eval_cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, A
     net = build_network_or_error(cfg.model)
     # Plain weights only (weights_only=True), and a clear message when model overrides
     # describe a network the checkpoint's weights do not fit.
-    checkpoint = load_checkpoint(ckpt, key=ckpt_key)
-    check_architecture(checkpoint, net, ckpt, key=ckpt_key)
+    if ckpt_key == "run":  # named by run= and which=: the messages say so
+        checkpoint = load_run_checkpoint(run_dir, str(which), ckpt)
+        check_run_architecture(checkpoint, net, run_dir, str(which), ckpt)
+    else:
+        checkpoint = load_checkpoint(ckpt, key=ckpt_key)
+        check_architecture(checkpoint, net, ckpt, key=ckpt_key)
     module = build_module(cfg, net)
     module.load_state_dict(checkpoint["state_dict"])
     datamodule = instantiate(cfg.data)
     trainer = build_test_trainer(cfg)
     metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
-    which = run_checkpoint(run_dir, ckpt)
+    status = read_results(run_dir).get("status")
     result: dict[str, Any] = {
         "run": str(run_dir),
         "which": which,
@@ -134,6 +144,9 @@ def evaluate(eval_cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, A
         "test_batches": int(sum(trainer.num_test_batches)),
         # What train.py measured with this very file: only the run's own best checkpoint.
         "recorded_test_acc": read_results(run_dir).get("test_acc") if which == "best" else None,
+        # How the run stood when tested: a run that did not finish may be resumed, and its
+        # checkpoints then change (eval.json says which state it describes).
+        "run_status": status,
         "overrides": [o for o in overrides if override_key(o) not in EVAL_KEYS],
         "wall_s": round(time.perf_counter() - started, 3),
     }
@@ -147,6 +160,13 @@ def evaluate(eval_cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, A
             f" (recorded at training: {recorded:.4f})" if recorded is not None else "",
             run_dir / "eval.json",
         )
+        if which is not None and status not in FINISHED:
+            log.warning(
+                "the run did not finish (results.json: status %s): this tests its checkpoint "
+                "as it is now; resumed, the run replaces it, and eval.json then describes the "
+                "older one (run eval.py again after it ends)",
+                status,
+            )
     return result
 
 
@@ -167,7 +187,7 @@ def locate(
             )
         run_dir = Path(str(run)).expanduser()
         cfg = saved_config(run_dir, "run")
-        return run_dir, cfg, checkpoint_path(run_dir, which), "checkpoint"
+        return run_dir, cfg, checkpoint_path(run_dir, which), "run"
     if "which" in {override_key(o) for o in overrides} or which != "best":
         # which= would otherwise be ignored: the file named is what gets tested.
         raise ConfigError(

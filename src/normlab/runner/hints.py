@@ -10,9 +10,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+_ABSENT = object()
+
 
 def unknown_key_message(key: str, candidates: Iterable[str], owner: str = "") -> str:
     parent, _, leaf = key.rpartition(".")
+    if not parent and key in TEMPLATE_ONLY_KEYS:
+        return f"{key} is not a setting of the config: {TEMPLATE_ONLY_KEYS[key]}"
     candidates = sorted(candidates)
     alias = KEY_ALIASES.get(key) if not parent else None
     match = [alias] if alias in candidates else []
@@ -58,7 +62,8 @@ def unknown_override_hints(overrides: list[str], config_dir: Path, config_name: 
         if not (o.is_add() or o.is_force_add() or o.is_delete() or o.is_hydra_override())
         and not (config_dir / o.key_or_group).is_dir()
     ]
-    if not plain:
+    added = [o for o in parsed if o.is_add() and not (config_dir / o.key_or_group).is_dir()]
+    if not plain and not added:
         return hints
     GlobalHydra.instance().clear()
     try:
@@ -68,7 +73,20 @@ def unknown_override_hints(overrides: list[str], config_dir: Path, config_name: 
         return hints
     finally:
         GlobalHydra.instance().clear()
+    for o in added:  # `+trainer.precision=16`: Hydra's "Could not append", the key exists
+        if OmegaConf.select(cfg, o.key_or_group, default=_ABSENT) is not _ABSENT:
+            plain_form = o.input_line.lstrip("+")
+            hints.append(
+                f"+{o.key_or_group} adds a new key, but {o.key_or_group} is a setting already: "
+                f"drop the +, e.g. {plain_form} (or ++{plain_form} to set it either way)."
+            )
     for key in plain:
+        if moved := template_path(key):
+            hints.append(
+                f"{key} is lightning-hydra-template's place for it; normlab's is {moved} "
+                f"(e.g. {moved}=...)."
+            )
+            continue
         parts = key.split(".")
         node: Any = cfg
         for depth, part in enumerate(parts):
@@ -86,15 +104,37 @@ def unknown_override_hints(overrides: list[str], config_dir: Path, config_name: 
 
 # Option names lightning-hydra-template users type, and normlab's own.
 OPTION_ALIASES = {
-    "debug": {"profiler": "profile", "default": "fast", "fdr": "fast", "limit": "fast"},
+    "debug": {"profiler": "profile", "default": "fast", "limit": "fast"},
     "logger": {"many_loggers": "many", "tensorboard_csv": "many"},
-    "trainer": {"ddp_sim": "ddp_cpu", "mps": "gpu"},
+    "trainer": {"mps": "gpu"},
     "callbacks": {"null": "none"},
+}
+# Top-level keys of lightning-hydra-template that normlab names otherwise.
+KEY_ALIASES = {"task_name": "name"}
+# lightning-hydra-template nests the optimizer, scheduler and network in its model node.
+PATH_ALIASES = {
+    "model.optimizer.": "optimizer.",
+    "model.scheduler.": "scheduler.",
+    "model.net.": "model.",
 }
 
 
-# Top-level keys of lightning-hydra-template that normlab names otherwise.
-KEY_ALIASES = {"task_name": "name"}
+def template_path(key: str) -> str | None:
+    """normlab's key for a lightning-hydra-template key path (`model.optimizer.lr` ->
+    `optimizer.lr`), or None."""
+    prefix = next((p for p in PATH_ALIASES if key.startswith(p)), None)
+    return PATH_ALIASES[prefix] + key.removeprefix(prefix) if prefix else None
+
+
+# Top-level keys of lightning-hydra-template that normlab has no counterpart for: what to do.
+TEMPLATE_ONLY_KEYS = {
+    "extras": (
+        "lightning-hydra-template's extras (print_config, ignore_warnings, enforce_tags) are "
+        "not needed here: every run saves its resolved config as config_resolved.yaml, "
+        "verbose=true also prints it and `python train.py --cfg job` prints it without "
+        "running; drop the override."
+    ),
+}
 
 
 def unknown_option_hint(group: str, value: Any, config_dir: Path) -> str | None:

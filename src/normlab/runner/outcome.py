@@ -23,9 +23,11 @@ from lightning.pytorch.callbacks import EarlyStopping, Timer
 
 from normlab.errors import NormlabError
 from normlab.files import DiskFullError, disk_full, write_json
+from normlab.runner.commands import command
 from normlab.runner.console import in_multirun
 from normlab.runner.rundir import RunPlan, history_from_last_checkpoint, release_folder
 from normlab.runner.sweep import report_interrupted_sweep
+from normlab.slurm import job_record as slurm_job_record
 from normlab.training import MetricHistory
 
 log = logging.getLogger("normlab")
@@ -66,7 +68,8 @@ class RunRecord:
         elif isinstance(err, KeyboardInterrupt | SystemExit):
             # Ctrl-C or SIGTERM (see normlab.runner.cli), or Lightning exiting after either.
             self.results["status"] = "interrupted"
-            log.warning("interrupted; continue with: python train.py resume=%s", self.output_dir)
+            continuation = command("train.py", resume=self.output_dir)
+            log.warning("interrupted; continue with: %s", continuation)
             return KeyboardInterrupt()
         elif isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
             failure = disk_full(self.output_dir, "the run stopped")
@@ -86,6 +89,7 @@ class RunRecord:
         results["name"] = self.name
         results["threads"] = self.threads
         results["tags"] = [str(t) for t in self.plan.config.get("tags") or []]
+        results.update(slurm_job_record())  # which SLURM job produced it, under SLURM
         # Under DDP every rank runs this; rank 0 holds the reduced metrics. A resumed run that
         # failed before training keeps the results.json it had.
         if (trainer is None or trainer.is_global_zero) and (self.training or not self.plan.resumed):
@@ -169,16 +173,24 @@ def collect_results(
         history = history_from_last_checkpoint([cb.dirpath for cb in trainer.checkpoint_callbacks])
     final = history[-1] if history else {}
     val_accs = [row["val/acc"] for row in history if "val/acc" in row]
+    # Further test figures (callbacks.bn_eval): test/acc_batch_stats -> test_acc_batch_stats.
+    extra = {k.replace("/", "_"): v for k, v in test_metrics.items() if k.count("/") == 1}
+    optimizer = trainer.optimizers[0] if trainer.optimizers else None
     return {
+        **extra,
         "status": status,
         "val_acc_best": max(val_accs) if val_accs else None,
         "val_acc_final": final.get("val/acc"),
         "test_acc": test_metrics.get("test/acc"),
         "test_loss": test_metrics.get("test/loss"),
         "train_acc_final": final.get("train/acc"),
+        "train_acc_eval_final": final.get("train/acc_eval"),
+        # optimizer.lr as the optimizer got it: resolved (e.g. scaled with the batch size).
+        "lr": optimizer.defaults.get("lr") if optimizer is not None else None,
         "train_loss_final": final.get("train/loss"),
         "val_loss_final": final.get("val/loss"),
-        "epochs_completed": len(history),
+        # Counted by the fit loop when MetricHistory is absent (callbacks=none).
+        "epochs_completed": len(history) or trainer.current_epoch,
         "best_checkpoint": best_checkpoint,
         "history": history,
     }

@@ -2,11 +2,14 @@
 
     python -m normlab.predict run=<run dir> [which=best|last] [top=3] IMAGE [IMAGE ...]
 
-PNG, JPEG, BMP or WEBP of any size and mode: each image is converted as data=image_folder
-converts training images (RGB, 16-bit scaled to 8, shorter side resized to the network's
-image size and centre-cropped) and normalized with the statistics the run recorded, exactly
-as validation batches are. Prints the top classes with their probabilities, using the
-dataset's class names.
+`run=` is read by Hydra's override grammar, as eval.py reads it: a path with a space, a comma
+or a non-ASCII letter goes in single quotes inside the shell's, "run='/data/my runs/x'".
+
+PNG, JPEG, BMP or WEBP (the types training reads; others are refused) of any size and
+mode: each image is converted as data=image_folder converts training images (RGB, 16-bit
+scaled to 8, shorter side resized to the network's image size and centre-cropped) and
+normalized with the statistics the run recorded, exactly as validation batches are. Prints
+the top classes with their probabilities, using the dataset's class names.
 """
 
 from __future__ import annotations
@@ -19,17 +22,17 @@ import torch
 from hydra.utils import instantiate
 
 from normlab.data.batches import BatchTransform
+from normlab.data.image_files import IMAGE_SUFFIXES, is_image_name
 from normlab.data.image_folder import decode_image
 from normlab.errors import ConfigError, DataError
 from normlab.runner.build import build_network_or_error
 from normlab.runner.cli import exit_on_user_error
-from normlab.runner.rundir import (
-    check_architecture,
-    checkpoint_path,
-    load_checkpoint,
-    network_weights,
-    read_results,
-    saved_config,
+from normlab.runner.rundir import checkpoint_path, network_weights, read_results, saved_config
+from normlab.runner.runstate import (
+    check_not_training,
+    check_run_architecture,
+    load_run_checkpoint,
+    parse_run,
 )
 from normlab.runner.threads import threads_for_run
 
@@ -41,12 +44,13 @@ class Predictor:
 
     def __init__(self, run_dir: Path, which: str = "best") -> None:
         cfg = saved_config(run_dir, "run")
+        check_not_training(run_dir, "-m normlab.predict", " IMAGE [IMAGE ...]")
         path = checkpoint_path(run_dir, which)
-        checkpoint = load_checkpoint(path, key="checkpoint")
+        checkpoint = load_run_checkpoint(run_dir, which, path)
         self.net = build_network_or_error(cfg.model)
         # A message naming the mismatch (a checkpoint copied in from another run, a config
         # edited since), not load_state_dict's RuntimeError listing every tensor.
-        check_architecture(checkpoint, self.net, path, key="checkpoint")
+        check_run_architecture(checkpoint, self.net, run_dir, which, path)
         self.net.load_state_dict(network_weights(checkpoint["state_dict"]))
         self.net.eval()
         # `threads=` of the run's config (null: chosen for this machine, as train.py does).
@@ -70,6 +74,12 @@ class Predictor:
         and centre-cropped)."""
         if not path.is_file():
             raise DataError(f"{path}: no such image file.")
+        if not is_image_name(path):  # the types training reads, no others
+            raise DataError(
+                f"{path}: not one of the image types normlab reads "
+                f"({', '.join(IMAGE_SUFFIXES)}), the same list data=image_folder trains on. "
+                "Convert it to PNG or JPEG first."
+            )
         pixels = torch.from_numpy(decode_image(path, self.image_size))
         if self.channels == 1:  # ITU-R 601 luma, as Pillow's convert("L")
             weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
@@ -97,7 +107,8 @@ def parse_args(argv: Sequence[str]) -> tuple[dict[str, str], list[Path]]:
     for arg in argv:
         key, sep, value = arg.partition("=")
         if sep and key in ("run", "which", "top"):
-            options[key] = value
+            # run= by Hydra's grammar, as eval.py reads it: one quoting rule for both.
+            options[key] = parse_run(value) if key == "run" else value
         else:
             images.append(Path(arg))
     if "run" not in options or not images:

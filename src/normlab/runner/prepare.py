@@ -31,6 +31,7 @@ from normlab.runner.names import choice, run_name
 from normlab.runner.outcome import RunRecord, plural
 from normlab.runner.preflight import was_checked
 from normlab.runner.rundir import RunPlan, launcher_target, plan_run
+from normlab.runner.runstate import retire_eval_record
 from normlab.runner.threads import (
     ddp_processes,
     load_warning,
@@ -92,6 +93,8 @@ def prepare_run(plan: RunPlan, name: str, record: RunRecord) -> PreparedRun:
     describe_run(cfg, module, output_dir, show=bool(cfg.get("verbose")))
     if plan.resumed:
         log.info("resuming %s from %s", output_dir, plan.checkpoint or "the start (no checkpoint)")
+        if trainer.is_global_zero and (retired := retire_eval_record(output_dir)):
+            log.info("eval.json tested checkpoints this run replaces: now %s", retired.name)
     if plan.note:
         log.warning("%s", plan.note)
     return PreparedRun(plan, cfg, choices, module, datamodule, trainer)

@@ -38,6 +38,7 @@ from normlab.runner.claims import (
     release_folder,
     secondary_rank,
 )
+from normlab.runner.commands import command
 from normlab.runner.names import is_run_setting, override_key
 from normlab.runner.trust import allowlisted, check_trusted_targets, config_dirs, walk_targets
 
@@ -187,8 +188,8 @@ def plan_run(cfg: DictConfig, overrides: list[str]) -> RunPlan:
     if recorded.get("status") == "completed":
         raise ConfigError(
             f"resume={run_dir}: this run has completed (results.json says so); there is "
-            f"nothing to continue. Re-test it with python eval.py run={run_dir}, or start a new "
-            "run to train longer."
+            f"nothing to continue. Re-test it with {command('eval.py', run=run_dir)}, or start a "
+            "new run to train longer."
         )
     apply_run_settings(saved, cfg, overrides)
     # Killed before its first checkpoint: the run starts again from step 0, in its directory.

@@ -12,6 +12,7 @@ checkpoint in its own folder.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from pathlib import Path
@@ -32,8 +33,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Serialized in memory first: torch.save's zip writer turns a full disk into a bare
+        # RuntimeError ("unexpected pos 64 vs 0"); a plain write raises OSError(ENOSPC), which
+        # the run reports as a full disk naming the folder.
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
         with atomic_open(path, "wb") as f:
-            torch.save(checkpoint, f)
+            f.write(buffer.getbuffer())
 
 
 class ModelCheckpoint(callbacks.ModelCheckpoint):

@@ -4,8 +4,16 @@ Lightning records hyperparameters when `fit` starts, before any result exists; w
 `default_hp_metric: false` that writes no HParams entry at all (with it, a meaningless
 `hp_metric = -1`). So the entry is written once, when the run has ended and been tested: the
 values that define the run (the runner chooses them: `model/norm`, `optimizer/lr`, `seed`, ...)
-plus its status, and its final metrics (`acc/test`, `acc/val_best`, ... : their own scalar
-tags, so the curves of `val/acc_best` and `test/acc` keep exactly the points the run logged).
+plus its status, and its final figures as metrics.
+
+The entry goes into a run of its own, `<run>/final`, beside the run's curves:
+- HParams lists as metrics the scalar tags of the run that holds the entry (and its
+  sub-runs), sorted by name, and displays the first five. In `final` there are only the final
+  figures, so those are the metrics, whatever the curves and diagnostics are called.
+- Each figure is named after the curve it ends (`val/acc_best`, `test/acc`, `train/loss`):
+  in Scalars and Time Series it is one more point on that curve's chart, from the run
+  `<run>/final`, and adds no chart group of its own. (Tags of their own, `acc/...`, sorted
+  first there: TensorBoard opened on five charts of one point each, the curves collapsed.)
 
 Only the session records are written, not the experiment record Lightning and torch add:
 TensorBoard takes one run's experiment record (whichever it reads first) as the list of
@@ -16,6 +24,9 @@ whose values differ between them first, and displays those.
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -23,20 +34,25 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from normlab.results import result_number, train_val_gap
+from normlab.trackers import is_tracker, record_final
 
-# HParams metric tag -> results.json key. With no experiment record, TensorBoard lists the
-# metrics of the runs' scalar tags in name order and displays the first five: `acc/` sorts
-# before every other tag a run writes (`activation_std/...`, `grad_norm/...`, `train/...`), so
-# the five accuracies are the columns a user sees.
+log = logging.getLogger("normlab")
+
+# The sub-run (folder inside the run's TensorBoard folder) that holds the HParams entry.
+FINAL_RUN = "final"
+
+# HParams metric tag -> results.json key, in the order TensorBoard lists them (by name): the
+# five it displays are the test, final training and validation accuracies, the final training
+# loss and the best validation accuracy; the epoch count and the gap can be ticked in.
 METRICS = {
-    "acc/test": "test_acc",
-    "acc/train_final": "train_acc_final",
-    "acc/val_best": "val_acc_best",
-    "acc/val_final": "val_acc_final",
-    "loss/train_final": "train_loss_final",
-    "epochs_completed": "epochs_completed",
+    "test/acc": "test_acc",
+    "train/acc": "train_acc_final",
+    "train/loss": "train_loss_final",
+    "val/acc": "val_acc_final",
+    "val/acc_best": "val_acc_best",
+    "val/epochs_completed": "epochs_completed",
 }
-GAP_TAG = "acc/train_val_gap"
+GAP_TAG = "val/train_val_gap"
 
 
 def hparams_metrics(results: Mapping[str, Any]) -> dict[str, float]:
@@ -55,22 +71,36 @@ def hparams_metrics(results: Mapping[str, Any]) -> dict[str, float]:
 def record_hparams(
     loggers: Iterable[Logger], hparams: Mapping[str, Any], results: Mapping[str, Any], step: int
 ) -> None:
-    """Write the HParams entry to every TensorBoard logger of the run."""
+    """Write the HParams entry, into `<log dir>/final`, for every TensorBoard logger of the
+    run, and the same values and metrics to MLflow and W&B (normlab.trackers)."""
+    from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
     params = {key: _plain(value) for key, value in hparams.items()}
     params["status"] = str(results.get("status", "unknown"))
     metrics = hparams_metrics(results)
     for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.log_metrics(metrics, step=step)
+        if is_tracker(logger):
+            record_final(logger, params, metrics, step)
+            continue
+        if not isinstance(logger, TensorBoardLogger):
+            continue
+        try:
+            writer = SummaryWriter(os.path.join(logger.log_dir, FINAL_RUN))
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # The run itself is over and recorded: a full disk costs only this entry.
+            log.error("TensorBoard's HParams entry not written: %s", err.strerror)
+            continue
+        try:
+            for tag, value in metrics.items():
+                writer.add_scalar(tag, value, step)
             _experiment, session_start, session_end = hparams_summaries(params, metrics)
-            writer = logger.experiment._get_file_writer()
-            writer.add_summary(session_start, step)
-            writer.add_summary(session_end, step)
-            # The Trainer already finalized (closed) the logger after `test`; finalize again so
-            # the new entry is flushed and the file closed.
-            logger.finalize("success")
+            writer._get_file_writer().add_summary(session_start, step)
+            writer._get_file_writer().add_summary(session_end, step)
+        finally:
+            writer.close()
 
 
 def _plain(value: Any) -> bool | int | float | str:
