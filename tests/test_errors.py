@@ -37,6 +37,8 @@ class Case:
     # Validation happens before Hydra creates the run directory, so nothing is written,
     # except where the mistake can only show once data is read.
     writes_failed_run: bool = False
+    # A data error leaves no run directory behind: the run never trained.
+    removes_run_dir: bool = False
 
 
 CASES = [
@@ -108,7 +110,9 @@ CASES = [
          ("data.root=", "cannot create the data folder", "is a file, not a folder")),
     Case("corrupt dataset files",
          "data=cifar10 data.root={corrupt} data.download=false data.verify_checksums=false",
-         ("CIFAR-10 files in", "could not be read", "corrupt"), writes_failed_run=True),
+         ("CIFAR-10 files in", "could not be read", "corrupt"), removes_run_dir=True),
+    Case("undecodable images", "data=image_folder data.root={bad_images} model.num_classes=2",
+         ("cannot be decoded", "is not a readable image"), removes_run_dir=True),
     Case("checkpoint of another architecture", "ckpt_path={cnn_checkpoint}",
          ("was saved by a different architecture (SeedCNN with norm=Identity, dropout=Identity)",
           "it lacks 10 of this network's tensors (features.0.norm.weight,")),
@@ -121,6 +125,25 @@ CASES = [
     Case("run directory that does not exist", "resume={missing}", ("no such directory",)),
     Case("resume with overrides that change the run", "resume={saved_run} optimizer.lr=1",
          ("optimizer.lr=1 would change it",)),
+    # Batch limits: their form before the run; what the loaded data allows as it starts.
+    Case("a validation share of no batch, added with +", "+trainer.limit_val_batches=0.2",
+         ("trainer.limit_val_batches=0.2: 0.2 of the 1 validation batch is less than one batch",
+          "trainer.limit_val_batches=1.0"), writes_failed_run=True),
+    Case("a validation share of a tiny validation set",
+         "data.val_size=20 trainer.limit_val_batches=0.5",
+         ("trainer.limit_val_batches=0.5: 0.5 of the 1 validation batch",
+          "trainer.limit_val_batches=1.0", "data.val_size"), writes_failed_run=True),
+    Case("a negative training limit", "trainer.limit_train_batches=-1",
+         ("trainer.limit_train_batches=-1", "positive number of batches")),
+    Case("a validation share above 1", "trainer.limit_val_batches=1.5",
+         ("trainer.limit_val_batches=1.5", "whole number of batches",
+          "fraction of them from 0.0 to 1.0")),
+    Case("a zero validation interval", "trainer.val_check_interval=0",
+         ("trainer.val_check_interval=0", "whole number from 1",
+          "trainer.val_check_interval=0.5")),
+    Case("a validation interval longer than an epoch", "trainer.val_check_interval=100000",
+         ("trainer.val_check_interval=100000: an epoch has only 39 training batches",
+          "trainer.val_check_interval=39"), writes_failed_run=True),
     Case("plain DDP inside a sweep", "-m trainer=ddp_cpu seed=0,1",
          ("every process would re-run the whole sweep", "ddp_spawn", "hydra/launcher=slurm")),
 ]  # fmt: skip
@@ -163,6 +186,9 @@ def outcomes(tmp_path_factory) -> dict:
     torch.save({**checkpoint, "payload": Payload()}, root / "pickled.ckpt")
     (root / "empty.ckpt").write_bytes(b"")
     images = write_image_folder(root / "images")
+    bad_images = write_image_folder(root / "bad_images")
+    for image in bad_images.rglob("*.*"):
+        image.write_bytes(b"not an image")
     saved_run = root / "saved_run"
     (saved_run / ".hydra").mkdir(parents=True)
     OmegaConf.save(compose_config(["data=digits"]), saved_run / ".hydra" / "config.yaml")
@@ -176,6 +202,7 @@ def outcomes(tmp_path_factory) -> dict:
         "missing": root / "missing",
         "saved_run": saved_run,
         "images": images,
+        "bad_images": bad_images,
     }
     before = tree_digest(saved_run)
 
@@ -221,6 +248,9 @@ def test_bad_input_exits_with_one_clear_message(outcomes, case):
     assert all(r["status"] != "completed" for r in results)
     if case.writes_failed_run:
         assert [r["status"] for r in results] == ["failed"] and results[0]["error"]
+    elif case.removes_run_dir:
+        assert "nothing kept of the run" in proc.stdout + proc.stderr
+        assert not list((case_dir / "logs" / "runs").iterdir()), "a run directory was left"
     else:
         assert not (case_dir / "logs").exists(), "a run directory was created"
 
@@ -262,7 +292,7 @@ def test_an_unexpected_exception_in_the_checks_stops_the_run(compose_cfg, monkey
     def broken(*args, **kwargs):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(preflight, "check_run", broken)
+    monkeypatch.setattr(checks, "check_run", broken)  # imported by the preflight as it runs
     cfg = compose_cfg(["data=digits"])
     with pytest.raises(SystemExit) as stop:
         preflight.Preflight().on_run_start(cfg)

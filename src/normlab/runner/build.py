@@ -9,12 +9,14 @@ network two factories (`norm(num_channels)`, `dropout()`). One key is not a laye
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -224,3 +226,37 @@ def trainer_error(trainer_cfg: DictConfig, err: Exception) -> ConfigError:
         f"Its device settings: {settings}. Use what this machine has, e.g. "
         "trainer.accelerator=cpu trainer.devices=1 (or trainer=cpu) on a machine without a GPU."
     )
+
+
+@contextlib.contextmanager
+def batch_limits_named() -> Iterator[None]:
+    """Lightning's refusal of a batch limit that only the loaded data shows wrong, as the
+    ConfigError naming the key (the form of each limit: `values.check_batch_limits`)."""
+    try:
+        yield
+    except (MisconfigurationException, ValueError) as err:
+        if error := batch_limit_error(str(err)):
+            raise error from None
+        raise
+
+
+def batch_limit_error(message: str) -> ConfigError | None:
+    if found := re.search(r"check ([\d.]+) of the .* \* (\d+) < 1.*`(limit_\w+)`", message):
+        share, batches, key = found.groups()
+        loop = {"limit_train_batches": "training", "limit_val_batches": "validation"}
+        one = f"{loop.get(key, 'test')} batch" + ("" if batches == "1" else "es")
+        return ConfigError(
+            f"trainer.{key}={share}: {share} of the {batches} {one} is less than one batch, so "
+            f"that loop would run on nothing. Use trainer.{key}=1.0 (every batch) or a whole "
+            f"number of batches (e.g. trainer.{key}=1), or hold out more images "
+            "(data.val_size, data.test_size)."
+        )
+    if found := re.search(r"`val_check_interval` \((\d+)\).*training batches \((\d+)\)", message):
+        interval, batches = found.groups()
+        return ConfigError(
+            f"trainer.val_check_interval={interval}: an epoch has only {batches} training "
+            f"batches, so validation would never run. Use trainer.val_check_interval={batches} "
+            "or fewer, a fraction of the epoch (e.g. 0.5), or leave it out to validate once "
+            "per epoch."
+        )
+    return None

@@ -1,20 +1,17 @@
-"""The checks of a run's values, before anything is built: one message per mistake, naming
-the key and the fix, instead of a traceback from deep inside Lightning or PyTorch minutes
-into a run. `check_run` is the whole of it: values, keys (with did-you-mean), DDP inside
-sweeps, the network the config describes (constructed on the meta device: real widths, no
-memory, no weights) and the checkpoint it would start from. No data is read.
+"""The checks of a run, before anything is built: one message per mistake, naming the key and
+the fix, instead of a traceback from deep inside Lightning or PyTorch minutes into a run.
+`check_run` is the whole of it: the config's values (`values.check_config` first, which
+imports no class), keys (did-you-mean), the network the config describes (constructed on the
+meta device: real widths, no memory) and the checkpoint it would start from. No data is read.
 
-Called from one place, `normlab.runner.prepare.checked_plan`: for a single run by the
-`Preflight` Hydra callback (before Hydra creates the run directory), for a sweep's job or a
-call from Python as the run is prepared.
+Called once per run: by `preflight.check_single_run` for a single run (before Hydra creates
+its directory), by `prepare.prepare_run` for a sweep's job.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-import numbers
-from typing import Any
 
 import torch
 from hydra.utils import get_class
@@ -24,15 +21,26 @@ from torch import nn
 from normlab.errors import ConfigError
 from normlab.runner.build import build_network_or_error
 from normlab.runner.hints import unknown_override_hints
-from normlab.runner.number_rules import check_numbers
+from normlab.runner.number_rules import check_declared_types
 from normlab.runner.rundir import RunPlan, check_architecture, load_checkpoint
 from normlab.runner.targets import accepted_parameters, check_callbacks, check_keys
+from normlab.runner.values import (
+    check_config,
+    check_distributed,
+    check_plain_values,
+    check_unset,
+    is_number,
+)
 
 # Importable from here as before (tests, evaluate.py, cli.py).
-__all__ = ["accepted_parameters", "check_keys", "unknown_override_hints"]
+__all__ = [
+    "accepted_parameters",
+    "check_distributed",
+    "check_keys",
+    "check_unset",
+    "unknown_override_hints",
+]
 
-# Lightning's seed_everything accepts 0 .. 2**32 - 1 (numpy's seed range).
-MAX_SEED = 2**32 - 1
 # Every data module loads images as RGB.
 IMAGE_CHANNELS = 3
 # The side of the images of the datasets that have no data.image_size (CIFAR-10, digits):
@@ -48,10 +56,10 @@ def check_run(plan: RunPlan, multirun: bool = False, launcher: str = "") -> nn.M
     for the checks on DDP inside sweeps. Returns the network on the meta device.
     """
     cfg = plan.config
-    check_unset(cfg)
-    check_values(cfg)
+    check_config(cfg, multirun, launcher)  # first: no class imported (values.py)
+    check_statistics(cfg)
+    check_declared_types(cfg)
     check_classes(cfg)
-    check_distributed(cfg, multirun, launcher)
     check_keys(cfg)
     check_callbacks(cfg)
     net = build_network_or_error(cfg.model, device="meta")  # shapes only, no memory
@@ -100,32 +108,6 @@ def forward_error(net: nn.Module, size: int) -> Exception | None:
     return None
 
 
-def check_unset(cfg: DictConfig) -> None:
-    """Settings with no default (`???` in their YAML) that the command line did not give."""
-    missing = missing_keys(cfg)
-    if missing:
-        key = missing[0]
-        hint = " (the folder with train/<class>/<images>)" if key == "data.root" else ""
-        raise ConfigError(
-            f"{key} is not set: it has no default{hint}. Give it on the command line, "
-            f"e.g. python train.py ... {key}=<value>."
-        )
-
-
-def missing_keys(node: DictConfig, prefix: str = "") -> list[str]:
-    """Paths of the `???` values, without resolving interpolations (the `hydra:` ones are
-    not resolvable before the run starts)."""
-    found = []
-    for key in node:
-        if prefix == "" and key == "hydra":
-            continue
-        if OmegaConf.is_missing(node, key):
-            found.append(f"{prefix}{key}")
-        elif not OmegaConf.is_interpolation(node, key) and isinstance(node[key], DictConfig):
-            found += missing_keys(node[key], f"{prefix}{key}.")
-    return found
-
-
 def check_classes(cfg: DictConfig) -> None:
     """A dataset that finds its classes on disk (data=image_folder) must have as many as the
     network has outputs; the loss would otherwise fail on the first out-of-range label."""
@@ -147,39 +129,11 @@ def check_classes(cfg: DictConfig) -> None:
 
 
 def check_values(cfg: DictConfig) -> None:
-    positive_int(cfg, "data.batch_size", "images per step, per process under DDP", 32)
-    positive_int(cfg, "data.eval_batch_size", "images per evaluation batch", 1000)
-    count_or_fraction(cfg, "data.val_size", "training images held out for validation", 5000)
-    if OmegaConf.select(cfg, "data.test_size") is not None:
-        count_or_fraction(cfg, "data.test_size", "images held out for testing", 1000)
-    if OmegaConf.select(cfg, "data.train_size") is not None:
-        positive_int(cfg, "data.train_size", "training images kept (null = all)", 10000)
-    positive_int(cfg, "trainer.max_epochs", "passes over the training set", 10)
-    lr = OmegaConf.select(cfg, "optimizer.lr")
-    if not is_number(lr) or not math.isfinite(lr) or lr <= 0:
-        raise ConfigError(
-            f"optimizer.lr={lr!r}: the learning rate must be a positive number (finite), "
-            "e.g. optimizer.lr=0.05 (SGD) or optimizer.lr=1e-3 (AdamW)."
-        )
-    threads = cfg.get("threads")
-    if threads is not None and (
-        not isinstance(threads, int) or isinstance(threads, bool) or threads < 1
-    ):
-        raise ConfigError(
-            f"threads={threads!r}: torch's threads for this run must be a positive integer, "
-            "e.g. threads=4, or null (the default: chosen from the cores the run may use, "
-            "logged as it starts)."
-        )
-    seed = cfg.get("seed")
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
-        raise ConfigError(
-            f"seed={seed!r}: the seed must be an integer from 0 to {MAX_SEED} (the range "
-            "Lightning's seed_everything accepts), e.g. seed=0."
-        )
+    """Every value of the config: its numbers (`values.check_plain_values`), the
+    normalization statistics and the types the classes declare."""
+    check_plain_values(cfg)
     check_statistics(cfg)
-    positive_int_if_given(cfg, "data.image_size", "the side of the square images, in pixels", 32)
-    check_training_batches(cfg)
-    check_numbers(cfg)  # every other number: finite, in its key's range, of its declared type
+    check_declared_types(cfg)
 
 
 def check_statistics(cfg: DictConfig) -> None:
@@ -239,75 +193,3 @@ def computes_statistics(cfg: DictConfig) -> bool | None:
     except Exception:
         return None
     return parameter is not None and parameter.default is None
-
-
-def check_training_batches(cfg: DictConfig) -> None:
-    """A run must have at least one training batch: training drops the last partial batch,
-    so fewer training images than data.batch_size train nothing."""
-    limit = OmegaConf.select(cfg, "trainer.limit_train_batches")
-    if limit is not None and (not is_number(limit) or limit <= 0):
-        raise ConfigError(
-            f"trainer.limit_train_batches={limit!r}: the run would train on no batch at all. "
-            "Use a positive number of batches (e.g. 10) or fraction (e.g. 0.1), or leave it "
-            "out to train on every batch."
-        )
-    train_size = OmegaConf.select(cfg, "data.train_size")
-    batch_size = OmegaConf.select(cfg, "data.batch_size")
-    if isinstance(train_size, int) and isinstance(batch_size, int) and train_size < batch_size:
-        raise ConfigError(
-            f"data.train_size={train_size} is smaller than data.batch_size={batch_size}: "
-            "training drops the last incomplete batch (a batch of one breaks batch norm), so "
-            f"the run would train on nothing. Use data.batch_size={max(train_size, 2)} or "
-            f"data.train_size={batch_size} or more."
-        )
-
-
-def positive_int_if_given(cfg: DictConfig, key: str, meaning: str, example: int) -> None:
-    if OmegaConf.select(cfg, key) is not None:
-        positive_int(cfg, key, meaning, example)
-
-
-def positive_int(cfg: DictConfig, key: str, meaning: str, example: int) -> None:
-    value = OmegaConf.select(cfg, key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(
-            f"{key}={value!r}: must be a positive integer ({meaning}), e.g. {key}={example}."
-        )
-
-
-def count_or_fraction(cfg: DictConfig, key: str, meaning: str, example: int) -> None:
-    value = OmegaConf.select(cfg, key)
-    if is_number(value) and 0 < value < 1:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(
-            f"{key}={value!r}: must be a positive number of images or a fraction between 0 "
-            f"and 1 ({meaning}), e.g. {key}={example} or {key}=0.1."
-        )
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def check_distributed(cfg: DictConfig, multirun: bool, launcher: str) -> None:
-    strategy = str(OmegaConf.select(cfg, "trainer.strategy", default="auto"))
-    # Lightning's "ddp" starts the other ranks by re-running this very command line; with
-    # --multirun in it, every rank would run the whole sweep again. A SLURM launcher starts
-    # the ranks itself (one task per device), so nothing is re-run there.
-    relaunches = strategy.startswith("ddp") and "spawn" not in strategy
-    if multirun and relaunches and "submitit" not in launcher:
-        raise ConfigError(
-            f"trainer.strategy={strategy} inside --multirun: DDP re-runs the command line "
-            "once per process, so every process would re-run the whole sweep. Sweep with "
-            "trainer.strategy=ddp_spawn on one machine, or with hydra/launcher=slurm (one "
-            "SLURM job per run); single runs (no -m) can use trainer=ddp as it is."
-        )
-    if "submitit" in launcher and "slurm" in launcher.lower():
-        devices = OmegaConf.select(cfg, "trainer.devices")
-        if not isinstance(devices, int) or devices < 1:
-            raise ConfigError(
-                f"trainer.devices={devices!r} with hydra/launcher=slurm: SLURM starts one task "
-                "per device and needs the count up front; set trainer.devices to the GPUs per "
-                "node, e.g. trainer.devices=4."
-            )

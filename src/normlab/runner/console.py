@@ -16,6 +16,7 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from omegaconf import OmegaConf
 from tqdm import tqdm
 
 # The logger of the lines a sweep prints, one per job.
@@ -73,6 +74,15 @@ def in_multirun(hydra_cfg: Mapping[str, Any] | None = None) -> bool:
         return mode == RunMode.MULTIRUN or str(mode) == "MULTIRUN"
     except Exception:
         return False
+
+
+def launcher_target(hydra_cfg: Mapping[str, Any] | None = None) -> str:
+    """The `_target_` of Hydra's launcher (from the `hydra` node given, else this run's)."""
+    if hydra_cfg is None:
+        if not HydraConfig.initialized():
+            return ""
+        hydra_cfg = HydraConfig.get()
+    return str(OmegaConf.select(hydra_cfg, "launcher._target_", default="") or "")
 
 
 def hide_srun_hint_outside_slurm() -> None:

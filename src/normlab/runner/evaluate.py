@@ -22,7 +22,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from normlab.errors import ConfigError
 from normlab.files import write_json
-from normlab.runner.build import build_module, build_network_or_error, build_test_trainer
+from normlab.runner.build import (
+    batch_limits_named,
+    build_module,
+    build_network_or_error,
+    build_test_trainer,
+)
 from normlab.runner.checks import (
     check_classes,
     check_distributed,
@@ -31,14 +36,13 @@ from normlab.runner.checks import (
     check_values,
 )
 from normlab.runner.cli import quiet_lightning
-from normlab.runner.console import in_multirun
+from normlab.runner.console import in_multirun, launcher_target
 from normlab.runner.rundir import (
     CHECKPOINTS,
     CONFIG,
     check_architecture,
     checkpoint_path,
     config_dirs,
-    launcher_target,
     load_checkpoint,
     read_results,
     saved_config,
@@ -133,7 +137,8 @@ def evaluate(eval_cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, A
     module.load_state_dict(checkpoint["state_dict"])
     datamodule = instantiate(cfg.data)
     trainer = build_test_trainer(cfg)
-    metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    with batch_limits_named():
+        metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     status = read_results(run_dir).get("status")
     result: dict[str, Any] = {
         "run": str(run_dir),

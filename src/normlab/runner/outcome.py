@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping, Timer
 
-from normlab.errors import NormlabError
+from normlab.errors import DataError, NormlabError
 from normlab.files import DiskFullError, disk_full, write_json
 from normlab.runner.commands import command
 from normlab.runner.console import in_multirun
@@ -44,6 +45,7 @@ class RunRecord:
         self.threads: int | None = None
         self.training = False  # whether fit() started: before, a resumed run's files stay
         self.cleanup = contextlib.ExitStack()
+        self.data_failed = False  # stopped by its data, which is read before the first step
         self.started = time.perf_counter()
 
     def __enter__(self) -> RunRecord:
@@ -65,6 +67,7 @@ class RunRecord:
         """Record why the run stopped; returns the exception to raise instead, if any."""
         if isinstance(err, NormlabError):
             self.results.update(error=str(err), failure="config")
+            self.data_failed = isinstance(err, DataError)
         elif isinstance(err, KeyboardInterrupt | SystemExit):
             # Ctrl-C or SIGTERM (see normlab.runner.cli), or Lightning exiting after either.
             self.results["status"] = "interrupted"
@@ -96,6 +99,11 @@ class RunRecord:
             record_results(self.output_dir, results)
         # The next job of a sweep (or the next normlab.train call) runs in this process.
         release_folder(self.output_dir)
+        if self.data_failed and not self.plan.resumed and not in_multirun():
+            # A new single run that never trained: its folder would hold only bookkeeping.
+            # (A sweep's job folder stays: the sweep's report lists the job as failed.)
+            shutil.rmtree(self.output_dir, ignore_errors=True)
+            log.info("nothing kept of the run: %s removed", self.output_dir)
         if in_multirun() and results["status"] == "interrupted":
             report_interrupted_sweep()
 

@@ -14,25 +14,25 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
 from normlab.errors import ConfigError, NormlabError
 from normlab.files import absolute_path
-from normlab.runner.checks import check_distributed, check_run
+from normlab.runner.claims import claim_run_dir, holds_run, lock_folder
+from normlab.runner.console import launcher_target
 from normlab.runner.continue_sweep import ENV as CONTINUE_SWEEP
-from normlab.runner.rundir import (
-    RunPlan,
-    claim_run_dir,
-    holds_run,
-    launcher_target,
-    lock_folder,
-    plan_run,
-)
 from normlab.runner.sweep import forward_sigterm_to_workers
+from normlab.runner.values import check_config, check_distributed
+
+# This module imports no torch (the checks that need it are imported as they run), so that
+# what the config alone shows wrong is answered in about a second.
+if TYPE_CHECKING:
+    from torch import nn
+
+    from normlab.runner.rundir import RunPlan
 
 
 def check_paths(
@@ -110,6 +110,8 @@ class Preflight(Callback):
         if was_checked(str(config.hydra.run.dir)):
             return  # normlab.train checked it, raising instead of exiting
         with exit_before_the_run():
+            if config.get("resume") is None:  # resume=: the run's saved config is checked
+                check_config(config, launcher=launcher_target(config.hydra))  # before torch
             check_single_run(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -177,6 +179,9 @@ def check_single_run(config: DictConfig) -> RunPlan:
     """The checks before a single run (the composed config with its `hydra` node), then its
     directory created and locked; raises NormlabError. `Preflight` runs this for train.py,
     `normlab.train` before it starts Hydra."""
+    from normlab.runner.checks import check_run
+    from normlab.runner.rundir import plan_run
+
     plan = plan_run(config, list(config.hydra.overrides.task))
     run_dir = Path(str(config.hydra.run.dir))
     check_paths(run_dir, OmegaConf.select(plan.config, "data.root"))

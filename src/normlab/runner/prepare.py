@@ -26,11 +26,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from normlab.files import atomic_open
 from normlab.runner.build import build_module, build_network, build_trainer
 from normlab.runner.checks import check_run
-from normlab.runner.console import in_multirun
+from normlab.runner.console import in_multirun, launcher_target
 from normlab.runner.names import choice, run_name
 from normlab.runner.outcome import RunRecord, plural
 from normlab.runner.preflight import was_checked
-from normlab.runner.rundir import RunPlan, launcher_target, plan_run
+from normlab.runner.rundir import RunPlan, plan_run
 from normlab.runner.runstate import retire_eval_record
 from normlab.runner.threads import (
     ddp_processes,

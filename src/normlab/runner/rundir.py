@@ -72,15 +72,6 @@ def task_overrides() -> list[str]:
     return []
 
 
-def launcher_target(hydra_cfg: DictConfig | None = None) -> str:
-    """The `_target_` of Hydra's launcher (from the `hydra` node given, else this run's)."""
-    if hydra_cfg is None:
-        if not HydraConfig.initialized():
-            return ""
-        hydra_cfg = HydraConfig.get()
-    return str(OmegaConf.select(hydra_cfg, "launcher._target_", default="") or "")
-
-
 def saved_config(run_dir: str | Path, key: str) -> DictConfig:
     """The config a run trained with, its output directory pinned to the run itself.
 

@@ -28,7 +28,6 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from normlab.report import write_report
 from normlab.runner.console import in_multirun
 
 log = logging.getLogger("normlab.report")
@@ -57,6 +56,10 @@ class SweepReport(Callback):
             with FileLock(lock_path(sweep_dir)):
                 if only_if_started and not (sweep_dir / "summary.md").exists():
                     return None
+                # Imported here: the report's scipy takes seconds, every run loads this
+                # callback, and a mistake must be answered before that (values.py).
+                from normlab.report import write_report
+
                 return write_report(sweep_dir)
         except Exception as err:
             log.warning("could not write the sweep report in %s: %s", sweep_dir, err)

@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from normlab.files import write_json
+from normlab.runner.build import batch_limits_named
 from normlab.runner.claims import claim_run_dir
 from normlab.runner.cli import quiet_lightning
 from normlab.runner.console import JOB_SUMMARY, in_multirun
@@ -89,11 +90,12 @@ def fit_and_test(run: PreparedRun, record: RunRecord) -> None:
         running = {"status": "running", "overrides": plan.overrides, "threads": record.threads}
         write_json(record.output_dir / "results.json", running)
     record.training = True
-    trainer.fit(module, datamodule=datamodule, ckpt_path=plan.checkpoint, weights_only=True)
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    tested = trainer.test(
-        module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True
-    )
+    with batch_limits_named():
+        trainer.fit(module, datamodule=datamodule, ckpt_path=plan.checkpoint, weights_only=True)
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        tested = trainer.test(
+            module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True
+        )
     best = relative_to_run(best, record.output_dir)
     results = record.results
     results.update(collect_results(trainer, tested[0] if tested else {}, best))

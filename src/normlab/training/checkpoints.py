@@ -1,11 +1,13 @@
 """Checkpoints written whole or not at all, and a best checkpoint that is always the run's own.
 
-Lightning's TorchCheckpointIO writes through `torch.save` straight to the checkpoint's path
-(Lightning stages nothing: the file is opened and written in place), so a run killed at that
-moment (SIGKILL, a cluster's time limit) leaves a truncated `last.ckpt` and `resume=` has
-nothing to resume from. `AtomicCheckpointIO` writes through `normlab.files.atomic_open`
-instead (a temporary file beside it, renamed over it when complete), so the previous
-checkpoint stays until the new one is whole. `ModelCheckpoint` keeps a moved run directory
+Lightning's TorchCheckpointIO stages each checkpoint in $TMPDIR (fsspec's local transaction:
+`tempfile.mkstemp()`, then `shutil.move` onto the path). Where $TMPDIR is on another disk than
+the run (a cluster node's local /tmp), that move is a copy into the final path, so a run
+killed meanwhile (SIGKILL, a time limit) leaves a truncated `last.ckpt`, and a full $TMPDIR
+fails every save of a run whose own disk has room. `AtomicCheckpointIO` writes through
+`normlab.files.atomic_open` instead (a temporary file beside the checkpoint, renamed over it
+when complete, on the same disk), so the previous checkpoint stays until the new one is whole.
+`ModelCheckpoint` keeps a moved run directory
 resumable, and gives a run continued from another run's checkpoint (`ckpt_path=`) a best
 checkpoint in its own folder.
 """

@@ -97,6 +97,8 @@ def record_hparams(
             for tag, value in metrics.items():
                 writer.add_scalar(tag, value, step)
             _experiment, session_start, session_end = hparams_summaries(params, metrics)
+            # Private to torch's SummaryWriter, and no public way exists: add_hparams writes
+            # into a new run folder of its own, not this run's final record.
             writer._get_file_writer().add_summary(session_start, step)
             writer._get_file_writer().add_summary(session_end, step)
         finally:

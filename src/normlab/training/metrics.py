@@ -17,7 +17,8 @@ import torch
 from torchmetrics import Metric
 
 # Set by torchmetrics' update wrapper on every update: plain values, which need none of
-# `nn.Module.__setattr__`'s checks for parameters, buffers and submodules.
+# `nn.Module.__setattr__`'s checks for parameters, buffers and submodules. Private to
+# torchmetrics, and no public way exists: its wrapper sets them itself on every update.
 _BOOKKEEPING = frozenset({"_computed", "_update_count"})
 
 
@@ -44,8 +45,8 @@ class _RunningSums(Metric):
         computed as `compute()` computes it but without synchronizing with other processes;
         None before the first update. Reading it waits for the device (one host sync), so
         call it now and then, not on every step."""
-        # _update_count is a plain int (reset with the states): no device read to find out.
-        if not self._update_count:
+        # A plain int (reset with the states): no device read to find out.
+        if not self.update_count:
             return None
         return float(self._value())
 

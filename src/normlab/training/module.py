@@ -90,7 +90,8 @@ class ImageClassifier(L.LightningModule):
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning records the hook it is in (a string) before and after every hook call, some
         # forty times a training step; `nn.Module.__setattr__`'s checks for parameters, buffers
-        # and submodules cannot apply to it.
+        # and submodules cannot apply to it. Private to Lightning, and no public way exists:
+        # Lightning sets it itself on every hook call, so only this setter can make it cheap.
         if name == "_current_fx_name":
             object.__setattr__(self, name, value)
         else:
