@@ -21,7 +21,7 @@ import pytest
 from conftest import REPO
 from hydra.utils import instantiate
 
-from normlab.slurm import job_record
+from normlab.runner.slurm import job_record
 
 DEFAULT_SLURM_CONF = "/tmp/normlab-slurm/slurm.conf"  # where local_cluster.sh writes it
 # The test cluster is one small node: each task asks for one CPU and 1 GB (the defaults

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import run_train
 
-from normlab.trackers import tracker_tags, wandb_mode
+from normlab.training.trackers import tracker_tags, wandb_mode
 
 OVERRIDES = ["data=digits", "trainer.max_epochs=2", "model=cnn_bn", "seed=3", "tags=[study]"]
 

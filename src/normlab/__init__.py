@@ -58,13 +58,13 @@ def _config_subdir(resume, output_dir) -> str | None:
 
 
 def _trackers():
-    from normlab import trackers
+    from normlab.training import trackers
 
     return trackers
 
 
 def _slurm():
-    from normlab import slurm
+    from normlab.runner import slurm
 
     return slurm
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from normlab.bench.cifar_files import write_cifar10
+from normlab.bench.processes import measure_busy_threads, measure_startup_and_memory
 from normlab.bench.report import build_rows, format_table, machine, to_json
 from normlab.bench.suite import (
     QUICK,
@@ -21,8 +22,6 @@ from normlab.bench.suite import (
     checked_repo,
     compare_loaders,
     compare_training,
-    measure_busy_threads,
-    measure_startup_and_memory,
 )
 
 # The parts `--only` can name, in the order they are measured.

@@ -56,11 +56,7 @@ def check_run(plan: RunPlan, multirun: bool = False, launcher: str = "") -> nn.M
     for the checks on DDP inside sweeps. Returns the network on the meta device.
     """
     cfg = plan.config
-    check_config(cfg, multirun, launcher)  # first: no class imported (values.py)
-    check_statistics(cfg)
-    check_declared_types(cfg)
-    check_classes(cfg)
-    check_keys(cfg)
+    check_settings(cfg, multirun, launcher)
     check_callbacks(cfg)
     net = build_network_or_error(cfg.model, device="meta")  # shapes only, no memory
     check_image_size(cfg, net)
@@ -68,6 +64,15 @@ def check_run(plan: RunPlan, multirun: bool = False, launcher: str = "") -> nn.M
         checkpoint = load_checkpoint(plan.checkpoint, plan.checkpoint_key)
         check_architecture(checkpoint, net, plan.checkpoint, plan.checkpoint_key)
     return net
+
+
+def check_settings(cfg: DictConfig, multirun: bool = False, launcher: str = "") -> None:
+    """Every setting of `cfg`, before anything is built (train.py and eval.py)."""
+    check_config(cfg, multirun, launcher)  # first: no class imported (values.py)
+    check_statistics(cfg)
+    check_declared_types(cfg)
+    check_classes(cfg)
+    check_keys(cfg)
 
 
 def check_image_size(cfg: DictConfig, net: nn.Module) -> None:

@@ -16,9 +16,8 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from normlab.errors import ConfigError
 from normlab.files import write_json
@@ -28,18 +27,14 @@ from normlab.runner.build import (
     build_network_or_error,
     build_test_trainer,
 )
-from normlab.runner.checks import (
-    check_classes,
-    check_distributed,
-    check_keys,
-    check_unset,
-    check_values,
-)
+from normlab.runner.checks import check_settings
 from normlab.runner.cli import quiet_lightning
 from normlab.runner.console import in_multirun, launcher_target
+from normlab.runner.names import override_key
 from normlab.runner.rundir import (
     CHECKPOINTS,
     CONFIG,
+    apply_overrides,
     check_architecture,
     checkpoint_path,
     config_dirs,
@@ -60,41 +55,22 @@ FINISHED = ("completed", "diverged")
 _ABSENT = object()
 
 
-def apply_overrides(saved: DictConfig, composed: DictConfig, overrides: Sequence[str]) -> None:
-    """Apply command-line overrides to the run's saved config, taking each overridden value
-    from `composed` (Hydra has already parsed and applied it there): `data.eval_batch_size=500`
-    sets one key, `trainer=cpu` replaces the whole trainer node, `~key` deletes a key."""
-    for override in OverridesParser.create().parse_overrides(list(overrides)):
-        key = override.key_or_group.replace("/", ".")  # model/norm=group -> node model.norm
-        if key in EVAL_KEYS:
-            continue
-        if override.is_delete():
-            parent, _, leaf = key.rpartition(".")
-            node = OmegaConf.select(saved, parent) if parent else saved
-            if node is not None and leaf in node:
-                with open_dict(node):
-                    del node[leaf]
-            continue
-        value = OmegaConf.select(composed, key, default=_ABSENT, throw_on_missing=False)
-        if value is _ABSENT and is_config_group(override.key_or_group):
-            # A group with no node of its own: `# @package _global_` (experiment=, debug=).
-            raise ConfigError(
-                f"eval.py: {override.input_line}: {override.key_or_group} is a global config "
-                "group (its options set keys all over the config), which eval.py does not "
-                "support: it re-tests a run with the run's own config. Give the settings you "
-                "mean to change as key=value, e.g. data.eval_batch_size=500 or "
-                "trainer.limit_test_batches=5."
-            )
-        if value is _ABSENT:
-            raise ConfigError(
-                f"eval.py: the override {override.input_line} does not name a key or config "
-                "group of the run's config. Overrides go onto the run's saved config: use "
-                "key=value (data.eval_batch_size=500, trainer.accelerator=cpu) or a group of "
-                "train.py (trainer=cpu)."
-            )
-        if OmegaConf.is_config(value):
-            value = OmegaConf.to_container(value, resolve=False)
-        OmegaConf.update(saved, key, value, merge=False, force_add=True)
+def no_such_key(override: str) -> ConfigError:
+    """eval.py's message for an override that names no key of the run's config."""
+    group = override.lstrip("+~").partition("=")[0]
+    if is_config_group(group):  # a group with no node of its own: `# @package _global_`
+        return ConfigError(
+            f"eval.py: {override}: {group} is a global config group (its options set keys all "
+            "over the config), which eval.py does not support: it re-tests a run with the "
+            "run's own config. Give the settings you mean to change as key=value, e.g. "
+            "data.eval_batch_size=500 or trainer.limit_test_batches=5."
+        )
+    return ConfigError(
+        f"eval.py: the override {override} does not name a key or config group of the run's "
+        "config. Overrides go onto the run's saved config: use key=value "
+        "(data.eval_batch_size=500, trainer.accelerator=cpu) or a group of train.py "
+        "(trainer=cpu)."
+    )
 
 
 def is_config_group(name: str) -> bool:
@@ -117,7 +93,8 @@ def evaluate(eval_cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, A
     which = run_checkpoint(run_dir, ckpt)
     if which is not None:  # the run's own checkpoint: final only once the run has ended
         check_not_training(run_dir, "eval.py")
-    apply_overrides(cfg, eval_cfg, overrides)
+    if absent := apply_overrides(cfg, eval_cfg, overrides, skipped=EVAL_KEYS):
+        raise no_such_key(absent[0])
     check_config(cfg)
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     threads, why = threads_for_run(cfg.get("threads"), hydra_cfg)
@@ -156,23 +133,28 @@ def evaluate(eval_cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, A
         "wall_s": round(time.perf_counter() - started, 3),
     }
     if trainer.is_global_zero:
-        write_json(run_dir / "eval.json", result)
-        recorded = result["recorded_test_acc"]
-        log.info(
-            "test acc %.4f with %s%s; written to %s",
-            result["test_acc"],
-            result["checkpoint"],
-            f" (recorded at training: {recorded:.4f})" if recorded is not None else "",
-            run_dir / "eval.json",
-        )
-        if which is not None and status not in FINISHED:
-            log.warning(
-                "the run did not finish (results.json: status %s): this tests its checkpoint "
-                "as it is now; resumed, the run replaces it, and eval.json then describes the "
-                "older one (run eval.py again after it ends)",
-                status,
-            )
+        record_evaluation(run_dir, result, status)
     return result
+
+
+def record_evaluation(run_dir: Path, result: dict[str, Any], status: Any) -> None:
+    """Write eval.json and say what was tested (and whether the run may still change it)."""
+    write_json(run_dir / "eval.json", result)
+    recorded = result["recorded_test_acc"]
+    log.info(
+        "test acc %.4f with %s%s; written to %s",
+        result["test_acc"],
+        result["checkpoint"],
+        f" (recorded at training: {recorded:.4f})" if recorded is not None else "",
+        run_dir / "eval.json",
+    )
+    if result["which"] is not None and status not in FINISHED:
+        log.warning(
+            "the run did not finish (results.json: status %s): this tests its checkpoint "
+            "as it is now; resumed, the run replaces it, and eval.json then describes the "
+            "older one (run eval.py again after it ends)",
+            status,
+        )
 
 
 def locate(
@@ -237,11 +219,6 @@ def run_checkpoint(run_dir: Path, ckpt: Path) -> str | None:
     return None
 
 
-def override_key(override: str) -> str:
-    """`data.eval_batch_size` of `data.eval_batch_size=500`, `+key=...`, `~key`."""
-    return override.split("=", 1)[0].lstrip("+~")
-
-
 # What eval.py does not build: its result does not depend on their settings.
 UNUSED_NODES = ("callbacks", "logger")
 
@@ -252,8 +229,4 @@ def check_config(cfg: DictConfig) -> None:
     mistyped key added with `+` is one paragraph naming the key, not a traceback from
     Lightning. The network is checked when it is built."""
     used = OmegaConf.masked_copy(cfg, [key for key in cfg if key not in UNUSED_NODES])
-    check_unset(used)
-    check_values(used)
-    check_classes(used)
-    check_distributed(used, in_multirun(), launcher_target())
-    check_keys(used)
+    check_settings(used, in_multirun(), launcher_target())

@@ -37,8 +37,6 @@ def unknown_override_hints(overrides: list[str], config_dir: Path, config_name: 
     group choices on the command line (e.g. `data=digits`), so it has the keys those choices
     bring.
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     overrides = [o for o in overrides if "=" in o and not o.startswith("-")]
@@ -46,8 +44,7 @@ def unknown_override_hints(overrides: list[str], config_dir: Path, config_name: 
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception:
         return []  # Hydra has already explained a malformed override
-    hints = []
-    groups = []
+    hints, groups = [], []
     for o in parsed:
         if o.is_sweep_override() or not (config_dir / o.key_or_group).is_dir():
             continue
@@ -56,23 +53,18 @@ def unknown_override_hints(overrides: list[str], config_dir: Path, config_name: 
             hints.append(hint)
         else:
             groups.append(o.input_line)
+    keys = [o for o in parsed if not (config_dir / o.key_or_group).is_dir()]
     plain = [
         o.key_or_group
-        for o in parsed
+        for o in keys
         if not (o.is_add() or o.is_force_add() or o.is_delete() or o.is_hydra_override())
-        and not (config_dir / o.key_or_group).is_dir()
     ]
-    added = [o for o in parsed if o.is_add() and not (config_dir / o.key_or_group).is_dir()]
+    added = [o for o in keys if o.is_add()]
     if not plain and not added:
         return hints
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            cfg = compose(config_name, overrides=groups)
-    except Exception:
+    cfg = composed(config_dir, config_name, groups)
+    if cfg is None:
         return hints
-    finally:
-        GlobalHydra.instance().clear()
     for o in added:  # `+trainer.precision=16`: Hydra's "Could not append", the key exists
         if OmegaConf.select(cfg, o.key_or_group, default=_ABSENT) is not _ABSENT:
             plain_form = o.input_line.lstrip("+")
@@ -80,26 +72,42 @@ def unknown_override_hints(overrides: list[str], config_dir: Path, config_name: 
                 f"+{o.key_or_group} adds a new key, but {o.key_or_group} is a setting already: "
                 f"drop the +, e.g. {plain_form} (or ++{plain_form} to set it either way)."
             )
-    for key in plain:
-        if moved := template_path(key):
-            hints.append(
-                f"{key} is lightning-hydra-template's place for it; normlab's is {moved} "
-                f"(e.g. {moved}=...)."
-            )
-            continue
-        parts = key.split(".")
-        node: Any = cfg
-        for depth, part in enumerate(parts):
-            # keys(), not `in`: a key whose value is still `???` is not "in" a DictConfig.
-            if not isinstance(node, DictConfig) or part not in node.keys():  # noqa: SIM118
-                known = list(node.keys()) if isinstance(node, DictConfig) else []
-                wrong = ".".join(parts[: depth + 1])
-                hints.append(unknown_key_message(wrong, known))
-                break
-            if OmegaConf.is_missing(node, part):
-                break
-            node = node[part]
-    return hints
+    return hints + [hint for key in plain if (hint := unknown_key_hint(cfg, key))]
+
+
+def composed(config_dir: Path, config_name: str, overrides: list[str]) -> DictConfig | None:
+    """The config composed with `overrides` (the group choices), None when it cannot be."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            return compose(config_name, overrides=overrides)
+    except Exception:
+        return None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def unknown_key_hint(cfg: DictConfig, key: str) -> str | None:
+    """What the setting `key` (not in `cfg`) was probably meant to be; None when it exists."""
+    if moved := template_path(key):
+        return (
+            f"{key} is lightning-hydra-template's place for it; normlab's is {moved} "
+            f"(e.g. {moved}=...)."
+        )
+    parts = key.split(".")
+    node: Any = cfg
+    for depth, part in enumerate(parts):
+        # keys(), not `in`: a key whose value is still `???` is not "in" a DictConfig.
+        if not isinstance(node, DictConfig) or part not in node.keys():  # noqa: SIM118
+            known = list(node.keys()) if isinstance(node, DictConfig) else []
+            return unknown_key_message(".".join(parts[: depth + 1]), known)
+        if OmegaConf.is_missing(node, part):
+            return None
+        node = node[part]
+    return None
 
 
 # Option names lightning-hydra-template users type, and normlab's own.

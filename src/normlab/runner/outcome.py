@@ -27,8 +27,8 @@ from normlab.files import DiskFullError, disk_full, write_json
 from normlab.runner.commands import command
 from normlab.runner.console import in_multirun
 from normlab.runner.rundir import RunPlan, history_from_last_checkpoint, release_folder
+from normlab.runner.slurm import job_record as slurm_job_record
 from normlab.runner.sweep import report_interrupted_sweep
-from normlab.slurm import job_record as slurm_job_record
 from normlab.training import MetricHistory
 
 log = logging.getLogger("normlab")

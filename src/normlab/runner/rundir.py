@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,7 +183,10 @@ def plan_run(cfg: DictConfig, overrides: list[str]) -> RunPlan:
             f"nothing to continue. Re-test it with {command('eval.py', run=run_dir)}, or start a "
             "new run to train longer."
         )
-    apply_run_settings(saved, cfg, overrides)
+    pinned = saved.paths.output_dir  # the run's own directory (saved_config)
+    apply_overrides(saved, cfg, overrides, skipped=("resume",))
+    with open_dict(saved):
+        saved.paths.output_dir = pinned  # `paths=<option>` replaces the whole node
     # Killed before its first checkpoint: the run starts again from step 0, in its directory.
     checkpoint, note = resume_checkpoint(run_dir)
     threads = recorded.get("threads")
@@ -232,15 +236,19 @@ def saved_overrides(run_dir: Path, key: str) -> list[str]:
     return [str(o) for o in original]
 
 
-def apply_run_settings(saved: DictConfig, composed: DictConfig, overrides: list[str]) -> None:
-    """Put the overrides that accompany resume= (`paths.data_dir=...`, `threads=4`) onto the
-    run's saved config, with the values Hydra composed them to in `composed`. Unresolved: an
-    interpolation (`${paths.root_dir}/data`) then resolves within the resumed run's config.
-    `hydra.*` settings are Hydra's own and already apply; the output folder stays pinned."""
-    pinned = saved.paths.output_dir  # the run's own directory (saved_config)
+def apply_overrides(
+    saved: DictConfig, composed: DictConfig, overrides: Sequence[str], skipped: Iterable[str] = ()
+) -> list[str]:
+    """Put command-line overrides onto a run's saved config (resume=, eval.py), each with the
+    value Hydra composed it to in `composed`: `data.eval_batch_size=500` sets one key,
+    `trainer=cpu` replaces the whole node, `~key` deletes one. Unresolved: an interpolation
+    (`${paths.root_dir}/data`) then resolves within the run's config. `hydra.*` settings are
+    Hydra's own and already apply; keys in `skipped` are the entry point's own. Returns the
+    overrides `composed` has no key for (a global group such as experiment=)."""
+    absent = []
     for override in overrides:
-        key = override_key(override).replace("/", ".")
-        if key == "resume" or key == "hydra" or key.startswith("hydra."):
+        key = override_key(override).replace("/", ".")  # model/norm=group -> node model.norm
+        if key in skipped or key == "hydra" or key.startswith("hydra."):
             continue
         parent, _, leaf = key.rpartition(".")
         if str(override).startswith("~"):
@@ -250,7 +258,9 @@ def apply_run_settings(saved: DictConfig, composed: DictConfig, overrides: list[
                     del node[leaf]
             continue
         source = OmegaConf.select(composed, parent) if parent else composed
+        if not isinstance(source, DictConfig) or leaf not in source:
+            absent.append(str(override))
+            continue
         value = OmegaConf.to_container(source, resolve=False)[leaf]
         OmegaConf.update(saved, key, value, merge=False, force_add=True)
-    with open_dict(saved):
-        saved.paths.output_dir = pinned  # `paths=<option>` replaces the whole node
+    return absent

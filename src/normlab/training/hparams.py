@@ -34,7 +34,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from normlab.results import result_number, train_val_gap
-from normlab.trackers import is_tracker, record_final
+from normlab.training.trackers import is_tracker, record_final
 
 log = logging.getLogger("normlab")
 
@@ -72,7 +72,7 @@ def record_hparams(
     loggers: Iterable[Logger], hparams: Mapping[str, Any], results: Mapping[str, Any], step: int
 ) -> None:
     """Write the HParams entry, into `<log dir>/final`, for every TensorBoard logger of the
-    run, and the same values and metrics to MLflow and W&B (normlab.trackers)."""
+    run, and the same values and metrics to MLflow and W&B (normlab.training.trackers)."""
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
