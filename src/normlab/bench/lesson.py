@@ -91,8 +91,6 @@ def train_and_validate(
     model.train()
     train_loss = 0.0
     train_acc = 0.0
-    valid_loss = 0.0
-    valid_acc = 0.0
 
     for i, (inputs, labels) in enumerate(trainloader):
         if i == train_steps:
@@ -114,6 +112,26 @@ def train_and_validate(
         clock.step_done()
     clock.mark("train")
 
+    valid_loss, valid_acc, seen = validate(model, loss_criterion, testloader, eval_images)
+    clock.mark("eval", images=seen)
+
+    avg_train_loss = train_loss / train_data_size
+    avg_train_acc = train_acc / train_data_size
+    avg_test_loss = valid_loss / test_data_size
+    avg_test_acc = valid_acc / test_data_size
+    history.append([avg_train_loss, avg_test_loss, avg_train_acc, avg_test_acc])
+    torch.save(model, Path(save_dir) / f"cifar10_model_{epoch}.pt")
+    clock.mark("end")
+    return history
+
+
+def validate(
+    model: nn.Module, loss_criterion: nn.Module, testloader: DataLoader, eval_images: int | None
+) -> tuple[float, float, int]:
+    """The lesson's validation pass: summed loss, summed accuracy and images seen."""
+    device = next(model.parameters()).device
+    valid_loss = 0.0
+    valid_acc = 0.0
     seen = 0
     with torch.no_grad():
         model.eval()
@@ -130,16 +148,7 @@ def train_and_validate(
             acc = torch.mean(correct_counts.type(torch.FloatTensor))
             valid_acc += acc.item() * inputs.size(0)
             seen += inputs.size(0)
-    clock.mark("eval", images=seen)
-
-    avg_train_loss = train_loss / train_data_size
-    avg_train_acc = train_acc / train_data_size
-    avg_test_loss = valid_loss / test_data_size
-    avg_test_acc = valid_acc / test_data_size
-    history.append([avg_train_loss, avg_test_loss, avg_train_acc, avg_test_acc])
-    torch.save(model, Path(save_dir) / f"cifar10_model_{epoch}.pt")
-    clock.mark("end")
-    return history
+    return valid_loss, valid_acc, seen
 
 
 def loader_throughput(loader: Iterable, images: int) -> float:

@@ -307,7 +307,7 @@ def race_result(race: dict, runs: dict[str, list[dict]], args: argparse.Namespac
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
+def race_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m normlab.bench.time_to_accuracy",
         description=__doc__,
@@ -337,6 +337,11 @@ def main(argv: list[str] | None = None) -> int:
         default=Path.cwd(),
         help="the folder holding train.py and conf/ (default: here)",
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = race_parser()
     args = parser.parse_args(argv)
     from normlab.bench.suite import checked_repo
 
