@@ -73,26 +73,41 @@ def build_network_or_error(
         raise network_error(model_cfg, err) from None
 
 
-def network_error(model_cfg: DictConfig, err: Exception) -> ConfigError:
-    """One paragraph for an exception raised while building the network of `model_cfg`.
+def construction_error(err: Exception, nodes: Mapping[str, Any]) -> ConfigError | None:
+    """The one translation of a constructor refusing config values (the network's layers,
+    the Trainer, a callback), or None when its message names none of them.
 
-    Hydra wraps the error of a target in its own; the innermost one is the layer's. A message
-    that starts with one of a node's options (`num_groups=4 does not divide ...`) gets that
-    node's path in front; any other lists the settings that went into the network.
+    Hydra wraps the error of a target in its own; the innermost one is the constructor's. A
+    NormlabError already names its key. A message that starts with one of a node's
+    arguments (`num_groups=4 does not divide ...`) gets that node's path in front.
     """
-    while err.__cause__ is not None:
-        err = err.__cause__
     if isinstance(err, NormlabError):
         return ConfigError(str(err))
-    message = str(err)
+    message = str(err).strip().rstrip(".")
+    for path, node in nodes.items():
+        for key in sorted(node if isinstance(node, dict) else (), key=len, reverse=True):
+            if message.startswith(f"{key}="):
+                return ConfigError(f"{path}.{message}.")
+    return None
+
+
+def innermost(err: Exception) -> Exception:
+    """The error a target raised, under the ones Hydra wrapped it in."""
+    while isinstance(err.__cause__, Exception):
+        err = err.__cause__
+    return err
+
+
+def network_error(model_cfg: DictConfig, err: Exception) -> ConfigError:
+    """One paragraph for an exception raised while building the network of `model_cfg`:
+    the layer option it names, or the settings that went into the network."""
+    err = innermost(err)
     spec = network_spec(model_cfg)
     nodes = {"model.norm": spec.get("norm"), "model.dropout": spec.get("dropout"), "model": spec}
     if isinstance(nodes["model.dropout"], dict):
         nodes["model.dropout"] = {**nodes["model.dropout"], "placement": None}
-    for path, node in nodes.items():
-        for key in node if isinstance(node, dict) else ():
-            if message.startswith(f"{key}="):
-                return ConfigError(f"{path}.{message}")
+    if named := construction_error(err, nodes):
+        return named
     settings = [
         f"{path}.{key}={value}"
         for path in ("model.norm", "model.dropout")
@@ -101,7 +116,7 @@ def network_error(model_cfg: DictConfig, err: Exception) -> ConfigError:
     ]
     return ConfigError(
         f"model: the network ({spec.get('_target_')}) cannot be built: "
-        f"{type(err).__name__}: {message}. Its norm and dropout settings: "
+        f"{type(err).__name__}: {err}. Its norm and dropout settings: "
         f"{', '.join(settings)}; `python train.py --cfg job` prints every setting."
     )
 
@@ -208,15 +223,11 @@ DEVICE_KEYS = ("accelerator", "devices", "strategy", "precision", "num_nodes")
 
 
 def trainer_error(trainer_cfg: DictConfig, err: Exception) -> ConfigError:
-    """One paragraph for an exception raised while instantiating the `trainer` node.
-
-    Hydra wraps Lightning's error (MisconfigurationException: "No supported gpu backend
-    found!") in its own; the innermost one is Lightning's.
-    """
-    while err.__cause__ is not None:
-        err = err.__cause__
-    if isinstance(err, NormlabError):
-        return ConfigError(str(err))
+    """One paragraph for an exception raised while instantiating the `trainer` node
+    (Lightning's MisconfigurationException: "No supported gpu backend found!")."""
+    err = innermost(err)
+    if named := construction_error(err, {}):
+        return named
     settings = ", ".join(
         f"trainer.{key}={trainer_cfg.get(key)}" for key in DEVICE_KEYS if key in trainer_cfg
     )

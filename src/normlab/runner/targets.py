@@ -11,8 +11,8 @@ from typing import Any
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from normlab.errors import ConfigError, NormlabError
-from normlab.runner.build import INSTANTIATE_KEYS
+from normlab.errors import ConfigError
+from normlab.runner.build import INSTANTIATE_KEYS, construction_error
 from normlab.runner.hints import unknown_key_message
 from normlab.runner.rundir import walk_targets
 
@@ -77,12 +77,9 @@ def callback_error(
     """One paragraph for a callback's constructor refusing its arguments, naming the key when
     its message names one of them. normlab's own callbacks raise ConfigErrors that already
     name their key: those stand as they are."""
-    if isinstance(err, NormlabError):
-        return ConfigError(str(err))
+    if named := construction_error(err, {path: dict(arguments)}):
+        return named
     message = str(err).rstrip(".")
-    for key in sorted(arguments, key=len, reverse=True):
-        if message.startswith(f"{key}="):
-            return ConfigError(f"{path}.{message}.")
     for key in sorted(arguments, key=len, reverse=True):
         if re.search(rf"\b{re.escape(key)}\b", message):
             return ConfigError(
