@@ -52,7 +52,6 @@ log = logging.getLogger("normlab")
 EVAL_KEYS = ("run", "which", "ckpt_path")
 # Runs whose checkpoints will not change again.
 FINISHED = ("completed", "diverged")
-_ABSENT = object()
 
 
 def no_such_key(override: str) -> ConfigError:
