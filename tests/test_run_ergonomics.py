@@ -149,6 +149,14 @@ def test_every_trainer_argument_is_a_key_of_the_trainer_config():
         ("+trainer.detect_anomaly=true", "drop the +, e.g. trainer.detect_anomaly=true"),
         ("model.optimizer.lr=0.01", "normlab's is optimizer.lr"),
         ("model.scheduler.T_max=5", "normlab's is scheduler.T_max"),
+        ("model.lr=0.001", "normlab's is optimizer.lr"),
+        ("model.compile=true", "normlab's is compile"),
+        # its keys without a counterpart here: what to do instead
+        ("train=false", "python eval.py ckpt_path="),
+        ("test=false", "trainer.limit_test_batches=0"),
+        ("data.num_workers=4", "no loader workers"),
+        ("trainer.tpu_cores=8", "trainer.accelerator=tpu"),
+        ("callbacks.early_stopping.patience=3", "+callbacks.early_stopping="),
     ],
 )
 def test_unknown_keys_and_options_get_a_did_you_mean(override, hint):
@@ -166,6 +174,20 @@ def test_callbacks_none_counts_the_epochs_it_trained(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert results["epochs_completed"] == 2 and results["stopped_by"] == "max_epochs"
     assert "(2 epochs," in proc.stdout + proc.stderr  # the final summary line
+
+
+@pytest.mark.slow
+def test_early_stopping_added_as_the_hint_says_is_recorded_as_what_stopped_the_run(tmp_path):
+    early_stopping = (
+        "+callbacks.early_stopping={_target_:lightning.pytorch.callbacks.EarlyStopping,"
+        "monitor:val/acc,mode:max,patience:1,min_delta:0.5}"  # no epoch gains half a point
+    )
+    proc, results = run_train(
+        "data=digits", "trainer.max_epochs=20", early_stopping, run_dir=tmp_path / "run"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Testing the best checkpoint restores the callback's state from before it fired.
+    assert results["epochs_completed"] == 2 and results["stopped_by"] == "early_stopping"
 
 
 def test_lightning_hydra_templates_debug_and_trainer_names_compose():

@@ -15,8 +15,8 @@ _ABSENT = object()
 
 def unknown_key_message(key: str, candidates: Iterable[str], owner: str = "") -> str:
     parent, _, leaf = key.rpartition(".")
-    if not parent and key in TEMPLATE_ONLY_KEYS:
-        return f"{key} is not a setting of the config: {TEMPLATE_ONLY_KEYS[key]}"
+    if hint := template_hint(key):
+        return hint
     candidates = sorted(candidates)
     alias = KEY_ALIASES.get(key) if not parent else None
     match = [alias] if alias in candidates else []
@@ -92,11 +92,8 @@ def composed(config_dir: Path, config_name: str, overrides: list[str]) -> DictCo
 
 def unknown_key_hint(cfg: DictConfig, key: str) -> str | None:
     """What the setting `key` (not in `cfg`) was probably meant to be; None when it exists."""
-    if moved := template_path(key):
-        return (
-            f"{key} is lightning-hydra-template's place for it; normlab's is {moved} "
-            f"(e.g. {moved}=...)."
-        )
+    if hint := template_hint(key):
+        return hint
     parts = key.split(".")
     node: Any = cfg
     for depth, part in enumerate(parts):
@@ -119,30 +116,74 @@ OPTION_ALIASES = {
 }
 # Top-level keys of lightning-hydra-template that normlab names otherwise.
 KEY_ALIASES = {"task_name": "name"}
-# lightning-hydra-template nests the optimizer, scheduler and network in its model node.
-PATH_ALIASES = {
-    "model.optimizer.": "optimizer.",
-    "model.scheduler.": "scheduler.",
-    "model.net.": "model.",
+# lightning-hydra-template's key paths and normlab's (its model node nests the optimizer,
+# scheduler and network; a key below one of these moves with it).
+TEMPLATE_KEYS = {
+    "model.optimizer": "optimizer",
+    "model.scheduler": "scheduler",
+    "model.net": "model",
+    "model.lr": "optimizer.lr",
+    "model.compile": "compile",
 }
-
-
-def template_path(key: str) -> str | None:
-    """normlab's key for a lightning-hydra-template key path (`model.optimizer.lr` ->
-    `optimizer.lr`), or None."""
-    prefix = next((p for p in PATH_ALIASES if key.startswith(p)), None)
-    return PATH_ALIASES[prefix] + key.removeprefix(prefix) if prefix else None
-
-
-# Top-level keys of lightning-hydra-template that normlab has no counterpart for: what to do.
-TEMPLATE_ONLY_KEYS = {
+TEMPLATE_NODES = ("model.optimizer", "model.scheduler", "model.net")
+# Its keys that normlab has no counterpart for: what to do instead.
+TEMPLATE_ADVICE = {
     "extras": (
         "lightning-hydra-template's extras (print_config, ignore_warnings, enforce_tags) are "
         "not needed here: every run saves its resolved config as config_resolved.yaml, "
         "verbose=true also prints it and `python train.py --cfg job` prints it without "
         "running; drop the override."
     ),
+    "train": (
+        "train.py always trains. To test a checkpoint without training, use "
+        "`python eval.py ckpt_path=<file.ckpt>` (or run=<run dir>); drop the override."
+    ),
+    "test": (
+        "every run tests its best checkpoint once, at the end (results.json's test_acc); "
+        "trainer.limit_test_batches=0 skips it. Drop the override."
+    ),
+    "data.num_workers": (
+        "normlab's datamodules keep the decoded images in memory and cut batches by indexing in "
+        "the training process (docs/performance.md), so there are no loader workers to set; "
+        "drop the override."
+    ),
+    "trainer.tpu_cores": (
+        "Lightning 2 has no tpu_cores: use trainer.accelerator=tpu trainer.devices=8."
+    ),
+    "callbacks.early_stopping": (
+        "normlab's callbacks have no early stopping (its studies compare runs at equal "
+        "epochs). Add Lightning's with +callbacks.early_stopping="
+        "'{_target_:lightning.pytorch.callbacks.EarlyStopping,monitor:val/acc,mode:max,"
+        "patience:3}'; results.json then says stopped_by: early_stopping."
+    ),
 }
+
+
+def template_path(key: str) -> str | None:
+    """normlab's key for a lightning-hydra-template key path (`model.optimizer.lr` ->
+    `optimizer.lr`), or None."""
+    for theirs, ours in TEMPLATE_KEYS.items():
+        if key == theirs or key.startswith(theirs + "."):
+            return ours + key.removeprefix(theirs)
+    return None
+
+
+def template_hint(key: str) -> str | None:
+    """What to type instead of lightning-hydra-template's `key`, or None for other keys."""
+    if moved := template_path(key):
+        example = f"{moved}.<name>" if key in TEMPLATE_NODES else f"{moved}=..."
+        where = f"{key} is lightning-hydra-template's place for it; normlab's is {moved}"
+        return f"{where} (e.g. {example})."
+    parts = key.split(".")
+    known = next(
+        (
+            ".".join(parts[:n])
+            for n in range(len(parts), 0, -1)
+            if ".".join(parts[:n]) in TEMPLATE_ADVICE
+        ),
+        None,
+    )
+    return f"{key} is not a setting here: {TEMPLATE_ADVICE[known]}" if known else None
 
 
 def unknown_option_hint(group: str, value: Any, config_dir: Path) -> str | None:

@@ -145,7 +145,18 @@ def relative_to_run(path: str, output_dir: Path) -> str:
         return str(path)
 
 
-def stop_record(trainer: L.Trainer, results: Mapping[str, Any]) -> dict[str, Any]:
+def early_stopping_fired(trainer: L.Trainer) -> bool:
+    """Whether an EarlyStopping callback ended the fit. Ask before testing a checkpoint:
+    trainer.test(ckpt_path=...) restores the callbacks' state from that checkpoint, which
+    was saved before the callback fired."""
+    return any(
+        getattr(cb, "stopped_epoch", 0) for cb in trainer.callbacks if isinstance(cb, EarlyStopping)
+    )
+
+
+def stop_record(
+    trainer: L.Trainer, results: Mapping[str, Any], early_stopped: bool
+) -> dict[str, Any]:
     """Why training ended: "max_epochs", or what cut it short (max_time, max_steps, early
     stopping, divergence)."""
     if results.get("status") == "diverged":
@@ -163,9 +174,7 @@ def stop_record(trainer: L.Trainer, results: Mapping[str, Any]) -> dict[str, Any
         }
     if 0 < trainer.max_steps <= trainer.global_step:
         return {"stopped_by": "max_steps"}
-    if any(
-        getattr(cb, "stopped_epoch", 0) for cb in trainer.callbacks if isinstance(cb, EarlyStopping)
-    ):
+    if early_stopped:
         return {"stopped_by": "early_stopping"}
     return {"stopped_by": "other", "stopped_reason": "training ended before trainer.max_epochs"}
 

@@ -26,6 +26,7 @@ from normlab.runner.outcome import (
     RunRecord,
     collect_results,
     data_record,
+    early_stopping_fired,
     final_summary,
     relative_to_run,
     stop_record,
@@ -92,6 +93,7 @@ def fit_and_test(run: PreparedRun, record: RunRecord) -> None:
     record.training = True
     with batch_limits_named():
         trainer.fit(module, datamodule=datamodule, ckpt_path=plan.checkpoint, weights_only=True)
+        early_stopped = early_stopping_fired(trainer)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         tested = trainer.test(
             module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True
@@ -102,7 +104,7 @@ def fit_and_test(run: PreparedRun, record: RunRecord) -> None:
     results.update(data_record(datamodule))
     # status "diverged" (and where) when the DivergenceGuard stopped the run early.
     results.update(divergence_record(trainer))
-    results.update(stop_record(trainer, results))
+    results.update(stop_record(trainer, results, early_stopped))
     hparams = defining_hparams(run.config, record.name, plan.overrides, run.choices)
     record_hparams(trainer.loggers, hparams, results, step=trainer.global_step)
 
