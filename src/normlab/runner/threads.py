@@ -118,7 +118,8 @@ def load_warning(
         return None
     free = max(1, cores - busy_here)
     return (
-        f"{busy_here} of this run's {cores} cores are busy with other processes, and its "
+        f"other processes keep {min(busy_here, cores)} of this run's {cores} cores busy"
+        f"{f' (load {busy_here})' if busy_here > cores else ''}, and its "
         f"{threads} torch threads will wait on them (often several times slower). The count "
         "does not follow the load, so that the same command gives the same numbers; for "
         f"speed now, set threads={free} (results then match other runs with threads={free})."
