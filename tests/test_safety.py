@@ -202,15 +202,17 @@ def test_a_run_folder_is_locked_and_an_existing_run_is_not_overwritten(tmp_path)
     run = tmp_path / "run"
     claim_run_dir(run, resumed=False)
     assert folder_in_use(run)
+    # The second process imports the claim alone (not torch with the rest of the runner).
     code = (
-        "import sys; from normlab.runner.rundir import claim_run_dir\n"
+        "from normlab.runner.claims import claim_run_dir\n"
         f"claim_run_dir({str(run)!r}, resumed=True)\n"
     )
     import subprocess
 
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert "another process is using this run directory" in proc.stderr
+    assert proc.returncode == 1
+    assert_names(proc.stderr, f"resume={run}", "another process is using", "Wait for it")
     release_folder(run)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
