@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, compose_config, config_options, write_image_folder
+from conftest import REPO, assert_names, compose_config, config_options, write_image_folder
 from finished_run import write_lightning_checkpoint
 from hydra.utils import get_class, get_object
 from omegaconf import OmegaConf
@@ -268,8 +268,7 @@ def test_an_unexpected_exception_in_the_checks_stops_the_run(compose_cfg, monkey
         preflight.Preflight().on_run_start(cfg)
     assert stop.value.code == 1
     err = capsys.readouterr().err
-    assert "the checks before the run failed with ZeroDivisionError: division by zero" in err
-    assert "Nothing was started or written" in err
+    assert_names(err, "failed with ZeroDivisionError: division by zero", "Nothing was started")
 
 
 def test_image_folder_needs_a_root_and_a_matching_class_count(compose_cfg, tmp_path):
@@ -277,10 +276,9 @@ def test_image_folder_needs_a_root_and_a_matching_class_count(compose_cfg, tmp_p
         checks.check_run(plan_run(compose_cfg(["data=image_folder"]), []))
     root = write_image_folder(tmp_path / "images", classes=("cat", "dog", "fox"))
     cfg = compose_cfg(["data=image_folder", f"data.root={root}"])
-    with pytest.raises(
-        ConfigError, match=r"holds 3 classes \(cat, dog, fox\)\. Set model.num_classes=3"
-    ):
+    with pytest.raises(ConfigError) as err:
         checks.check_run(plan_run(cfg, []))
+    assert_names(str(err.value), "3 classes (cat, dog, fox)", "model.num_classes=3")
     checks.check_run(
         plan_run(compose_cfg(["data=image_folder", f"data.root={root}", "model.num_classes=3"]), [])
     )
