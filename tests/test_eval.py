@@ -120,7 +120,7 @@ def test_a_mistyped_key_gets_a_did_you_mean_before_lightning_is_imported(run, tm
 def test_the_config_eval_uses_is_checked_before_anything_is_built(run, tmp_path):
     # The run's own config with the overrides applied, by train.py's checks: one paragraph.
     cases = [
-        ("data.eval_batch_size=0", "data.eval_batch_size=0", "positive integer"),
+        ("data.eval_batch_size=0", "data.eval_batch_size=0", "data.eval_batch_size=1000"),
         ("+model.norm.epss=1e-3", "did you mean model.norm.eps?"),
         ("experiment=seed_lesson", "experiment is a global config group"),
         ("debug=fast", "debug is a global config group"),

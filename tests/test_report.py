@@ -405,7 +405,7 @@ def test_sweep_with_a_failed_and_a_diverged_job_still_reports_every_job(tmp_path
         sweep_dir=sweep_dir,
     )  # fmt: skip
     assert proc.returncode == 1
-    assert_names(proc.stderr, "optimizer.lr=-1", "positive", "optimizer.lr=0.05")
+    assert_names(proc.stderr, "optimizer.lr=-1", "optimizer.lr=0.05")
     results = job_results(sweep_dir)
     by_lr = {override(r, "optimizer.lr"): r for r in results.values()}
     assert by_lr["0.01"]["status"] == "completed" and by_lr["0.01"]["epochs_completed"] == 2

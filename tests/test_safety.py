@@ -226,17 +226,17 @@ def test_a_run_folder_is_locked_and_an_existing_run_is_not_overwritten(tmp_path)
     [
         ("seed=-1", ("seed=-1", "0 to 4294967295", "seed=0")),
         (f"seed={2**40}", (f"seed={2**40}", "0 to 4294967295", "seed=0")),
-        ("optimizer.lr=nan", ("optimizer.lr=nan", "positive", "optimizer.lr=0.05")),
-        ("optimizer.lr=inf", ("optimizer.lr=inf", "positive", "optimizer.lr=0.05")),
-        ("data.std=[0.5,0,0.5]", ("data.std=[0.5, 0, 0.5]", "above 0", "data.std=[0.5,0.5,0.5]")),
-        ("threads=-1", ("threads=-1", "positive integer", "threads=4", "or null")),
-        ("threads=true", ("threads=True", "positive integer", "threads=4")),
-        ("threads=2.5", ("threads=2.5", "positive integer", "threads=4")),
+        ("optimizer.lr=nan", ("optimizer.lr=nan", "optimizer.lr=0.05")),
+        ("optimizer.lr=inf", ("optimizer.lr=inf", "optimizer.lr=0.05")),
+        ("data.std=[0.5,0,0.5]", ("data.std=[0.5, 0, 0.5]", "data.std=[0.5,0.5,0.5]")),
+        ("threads=-1", ("threads=-1", "threads=4", "null")),
+        ("threads=true", ("threads=True", "threads=4", "null")),
+        ("threads=2.5", ("threads=2.5", "threads=4", "null")),
         ("data.train_size=1",
          ("data.train_size=1", "data.batch_size=32", "data.batch_size=2", "data.train_size=32")),
-        ("data.train_size=0", ("data.train_size=0", "positive integer", "data.train_size=10000")),
+        ("data.train_size=0", ("data.train_size=0", "data.train_size=10000")),
         ("+trainer.limit_train_batches=0",
-         ("trainer.limit_train_batches=0", "positive number of batches", "fraction")),
+         ("trainer.limit_train_batches=0", "e.g. 10", "e.g. 0.1")),
     ],
 )  # fmt: skip
 def test_out_of_range_and_no_batch_values_are_refused(compose_cfg, override, names):
@@ -248,18 +248,17 @@ def test_out_of_range_and_no_batch_values_are_refused(compose_cfg, override, nam
 @pytest.mark.parametrize(
     ("overrides", "names"),
     [
-        (["data.mean=[0.5,0.5]"], ("data.mean=[0.5, 0.5]", "per image channel", "(3",
-                                   "data.mean=[0.5,0.5,0.5]")),
-        (["data.std=0.5"], ("data.std=[0.5]", "per image channel", "data.std=[0.5,0.5,0.5]")),
+        (["data.mean=[0.5,0.5]"], ("data.mean=[0.5, 0.5]", "data.mean=[0.5,0.5,0.5]")),
+        (["data.std=0.5"], ("data.std=[0.5]", "data.std=[0.5,0.5,0.5]")),
         (["data=cifar10", "data.mean=null"],
          ("data.mean=null", "CIFAR10DataModule", "data.mean=[0.5,0.5,0.5]")),
         # image_folder computes both from the images when null, and used a lone one for nothing
         (["data=image_folder", "data.std=[0.2,0.2,0.2]"],
          ("data.std is given", "data.mean is null", "Give both")),
         (["data=image_folder", "data.mean=[0.5,0.5]", "data.std=[0.2,0.2]"],
-         ("data.mean=[0.5, 0.5]", "per image channel", "data.mean=[0.5,0.5,0.5]")),
+         ("data.mean=[0.5, 0.5]", "data.mean=[0.5,0.5,0.5]")),
         (["data=image_folder", "data.image_size=0"],
-         ("data.image_size=0", "positive integer", "data.image_size=32")),
+         ("data.image_size=0", "data.image_size=32")),
     ],
 )  # fmt: skip
 def test_normalization_statistics_fit_the_images(compose_cfg, overrides, names):
