@@ -7,6 +7,7 @@ this process (`make test-fast`).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -36,6 +37,26 @@ def config_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
+# Composed configs by (overrides, config name): Hydra takes about a second a composition on a
+# busy machine, and the tests compose the same few command lines hundreds of times. The conf/
+# files do not change during a session; every caller gets its own deep copy.
+_composed: dict[tuple[tuple[str, ...], str], DictConfig] = {}
+
+
+def _compose_once(overrides: tuple[str, ...], config_name: str) -> DictConfig:
+    key = (overrides, config_name)
+    if key not in _composed:
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+                _composed[key] = compose(
+                    config_name, overrides=list(overrides), return_hydra_config=True
+                )
+        finally:
+            GlobalHydra.instance().clear()
+    return copy.deepcopy(_composed[key])
+
+
 def compose_config(
     overrides: list[str] | tuple[str, ...] = (),
     config_name: str = "train",
@@ -46,12 +67,7 @@ def compose_config(
     With `output_dir` the `hydra` node is kept and made current (so `${hydra:...}` and
     `${paths.output_dir}` resolve); without it, the config is the task's alone.
     """
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
-    finally:
-        GlobalHydra.instance().clear()
+    cfg = _compose_once(tuple(overrides), config_name)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(output_dir or "/tmp/normlab-test-output")
         cfg.hydra.runtime.cwd = str(REPO)
@@ -79,6 +95,16 @@ def compose_cfg() -> Iterator:
 def fake_cifar10(tmp_path: Path) -> Path:
     """A folder holding a tiny CIFAR-10 (200 train, 60 test images) in the real format."""
     return write_cifar10(tmp_path / "cifar", train_images=200, test_images=60)
+
+
+def assert_names(message: str, *parts: str) -> None:
+    """A user-facing message names each of `parts` (the key and its value, the fix it
+    suggests), whatever sentence carries them; line wrapping is ignored. Tests assert on
+    these, not on whole sentences, so rewording a message fails no test, losing its key or
+    its fix does."""
+    flat = " ".join(message.split())
+    missing = [part for part in parts if part not in flat]
+    assert not missing, f"{missing} not in the message: {flat}"
 
 
 def run_cli(

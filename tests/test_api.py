@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, REPO, run_train
+from conftest import CONF, REPO, assert_names, run_train
 from omegaconf import OmegaConf
 
 import normlab
@@ -68,12 +68,12 @@ def test_mistakes_raise_normlab_errors_and_write_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(root / "notebooks")
     with pytest.raises(ConfigError, match="did you mean trainer.max_epochs"):
         normlab.train("data=digits", "trainer.max_epoch=1")
-    with pytest.raises(
-        ConfigError, match="model=cnn_nb is not an option of model; did you mean model=cnn_bn"
-    ):
+    with pytest.raises(ConfigError) as err:
         normlab.train("model=cnn_nb")
-    with pytest.raises(ConfigError, match="the learning rate must be a positive number"):
+    assert_names(str(err.value), "model=cnn_nb", "did you mean model=cnn_bn")
+    with pytest.raises(ConfigError) as err:
         normlab.train("data=digits", **{"optimizer.lr": -1})
+    assert_names(str(err.value), "optimizer.lr=-1", "optimizer.lr=0.05")
     with pytest.raises(ConfigError, match="runs one configuration.*python train.py -m seed=0,1"):
         normlab.train("data=digits", "seed=0,1")
     assert Path.cwd() == root / "notebooks"

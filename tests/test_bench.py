@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import sys
 
 import numpy as np
@@ -131,17 +132,25 @@ def test_child_peak_memory_is_the_childs_own(tmp_path):
         )
 
 
-def test_thread_settings_leave_the_default_run_to_normlab(monkeypatch):
+def test_thread_settings_leave_the_default_run_to_normlab(monkeypatch, tmp_path):
     # the benchmark's own OMP_NUM_THREADS must not decide the "default" run
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    settings = suite.thread_settings(REPO, (1, 2))
-    (label, overrides, env), *manual = settings
-    assert label == "default"
-    assert overrides == [] and "OMP_NUM_THREADS" not in env
+    (label, overrides, env), *manual = suite.thread_settings(REPO, (1, 2))
+    assert (label, overrides) == ("default", []) and "OMP_NUM_THREADS" not in env
+    # this config has the `threads` setting: the manual runs set it, not the environment
     for (label, overrides, env), n in zip(manual, (1, 2), strict=True):
-        # threads=<n> once the config has the setting, the environment variable until then
-        assert overrides == [f"threads={n}"] or env["OMP_NUM_THREADS"] == str(n)
-        assert label.endswith(f"={n}")
+        assert (label, overrides) == (f"threads={n}", [f"threads={n}"])
+        assert "OMP_NUM_THREADS" not in env
+    # a checkout from before the setting (its train.yaml without `threads`): the environment
+    shutil.copytree(REPO / "conf", tmp_path / "conf")
+    train_yaml = tmp_path / "conf" / "train.yaml"
+    lines = train_yaml.read_text().splitlines(keepends=True)
+    train_yaml.write_text("".join(line for line in lines if not line.startswith("threads:")))
+    (label, overrides, env), *manual = suite.thread_settings(tmp_path, (1, 2))
+    assert (label, overrides) == ("default", []) and "OMP_NUM_THREADS" not in env
+    for (label, overrides, env), n in zip(manual, (1, 2), strict=True):
+        assert (label, overrides) == (f"OMP_NUM_THREADS={n}", [])
+        assert env["OMP_NUM_THREADS"] == str(n)
 
 
 @pytest.mark.slow

@@ -8,6 +8,8 @@ import pytest
 import torch
 from conftest import CONF, config_options, write_image_folder
 from hydra.utils import get_class, instantiate
+from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
+from lightning.pytorch.plugins import TorchSyncBatchNorm
 from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import OmegaConf
 
@@ -76,21 +78,38 @@ def test_optimizer_and_scheduler_configs(compose_cfg, optimizer, scheduler):
     assert schedule.get_last_lr()[0] < cfg.optimizer.lr  # annealed by the end
 
 
+# What each trainer option exists for: (accelerator, devices, DDP, SyncBatchNorm). "gpu" is
+# built for the CPU on a machine without one; its other settings must still take effect.
+TRAINERS = {
+    "default": ("auto", 1, False, False),
+    "cpu": ("cpu", 1, False, False),
+    "gpu": ("gpu", 1, False, False),
+    "ddp": ("gpu", "auto", True, True),
+    "ddp_cpu": ("cpu", 2, True, False),
+    "ddp_sim": ("cpu", 2, True, False),
+}
+
+
 @pytest.mark.parametrize("trainer", config_options("trainer"))
 def test_trainer_configs(compose_cfg, tmp_path, trainer):
-    """Every trainer option builds a real Trainer with its own settings. Without a GPU the
-    gpu options are built for the CPU instead; their other settings (the DDP strategy) are
-    still Lightning's to accept."""
-    cfg = compose_cfg([f"trainer={trainer}"], output_dir=tmp_path)
-    on_cpu = {}
-    if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
-        on_cpu = {"accelerator": "cpu", "devices": 1}
-    built = instantiate(cfg.trainer, logger=False, **on_cpu)
-    assert isinstance(built, L.Trainer)
-    assert built.max_epochs == cfg.trainer.max_epochs
-    distributed = str(cfg.trainer.get("strategy", "auto")).startswith("ddp")
+    """Every trainer option builds the runner's real Trainer with its own settings."""
+    assert trainer in TRAINERS, f"add conf/trainer/{trainer}.yaml's purpose to TRAINERS"
+    accelerator, devices, distributed, sync_batchnorm = TRAINERS[trainer]
+    cfg = compose_cfg([f"trainer={trainer}", "logger=none"], output_dir=tmp_path)
+    assert cfg.trainer.accelerator == accelerator and cfg.trainer.devices == devices
+    gpu = torch.cuda.is_available() and accelerator in ("gpu", "auto")
+    if accelerator == "gpu" and not gpu:
+        cfg.trainer.accelerator = "cpu"
+    built = build_trainer(cfg)
+    assert isinstance(built.accelerator, CUDAAccelerator if gpu else CPUAccelerator)
+    if devices == "auto":
+        devices = torch.cuda.device_count() if gpu else 1
+    assert built.num_devices == devices
     assert isinstance(built.strategy, DDPStrategy) == distributed
-    assert cfg.trainer.get("sync_batchnorm", False) == (trainer == "ddp")
+    layer_sync = getattr(built.strategy, "_layer_sync", None)
+    assert isinstance(layer_sync, TorchSyncBatchNorm) == sync_batchnorm
+    assert built.max_epochs == cfg.trainer.max_epochs == 20
+    assert built.precision == "32-true"
 
 
 @pytest.mark.parametrize("logger", config_options("logger"))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, compose_config, config_options, write_image_folder
+from conftest import REPO, assert_names, compose_config, config_options, write_image_folder
 from finished_run import write_lightning_checkpoint
 from hydra.utils import get_class, get_object
 from omegaconf import OmegaConf
@@ -33,7 +33,7 @@ from normlab.runner.rundir import plan_run
 class Case:
     name: str
     args: str  # command-line overrides, space-separated
-    says: tuple[str, ...]  # fragments of the message
+    says: tuple[str, ...]  # what the message names: the key (and value), the fix
     # Validation happens before Hydra creates the run directory, so nothing is written,
     # except where the mistake can only show once data is read.
     writes_failed_run: bool = False
@@ -58,52 +58,46 @@ CASES = [
     Case("negative dropout", "model.dropout.p=-0.1", ("model.dropout.p", "between 0 and 1")),
     # One rule for every number, whichever key carries it.
     Case("NaN weight decay", "optimizer.weight_decay=nan",
-         ("optimizer.weight_decay=nan: not a finite number", "optimizer.weight_decay=5e-4")),
-    Case("infinite momentum", "optimizer.momentum=inf",
-         ("optimizer.momentum=inf: not a finite number",)),
-    Case("NaN dropout", "model.dropout.p=nan", ("model.dropout.p=nan: not a finite number",)),
+         ("optimizer.weight_decay=nan", "finite", "optimizer.weight_decay=5e-4")),
+    Case("infinite momentum", "optimizer.momentum=inf", ("optimizer.momentum=inf", "finite")),
+    Case("NaN dropout", "model.dropout.p=nan", ("model.dropout.p=nan", "finite")),
     Case("NaN gradient clip", "trainer.gradient_clip_val=nan",
-         ("trainer.gradient_clip_val=nan: not a finite number",)),
+         ("trainer.gradient_clip_val=nan", "finite")),
     Case("momentum above 1", "optimizer.momentum=1.5",
          ("optimizer.momentum=1.5", "between 0 and 1", "optimizer.momentum=0.9")),
     Case("negative clip", "trainer.gradient_clip_val=-1",
          ("trainer.gradient_clip_val=-1", "at least 0")),
     Case("a word where a norm declares a float", "model=cnn_bn model.norm.eps=abc",
-         ("model.norm.eps='abc'", "declares eps as float")),
+         ("model.norm.eps='abc'", "float")),
     Case("zero batch size", "data.batch_size=0",
-         ("data.batch_size=0: must be a positive integer", "data.batch_size=32")),
+         ("data.batch_size=0", "data.batch_size=32")),
     Case("negative learning rate", "optimizer.lr=-0.01",
-         ("optimizer.lr=-0.01", "must be a positive number")),
-    Case("zero learning rate", "optimizer.lr=0", ("optimizer.lr=0", "positive number")),
-    Case("zero threads", "threads=0",
-         ("threads=0: torch's threads for this run must be a positive integer", "threads=4")),
-    Case("threads=auto", "threads=auto", ("threads='auto'", "or null (the default")),
-    Case("zero epochs", "trainer.max_epochs=0",
-         ("trainer.max_epochs=0: must be a positive integer",)),
+         ("optimizer.lr=-0.01", "optimizer.lr=0.05")),
+    Case("zero learning rate", "optimizer.lr=0", ("optimizer.lr=0", "optimizer.lr=0.05")),
+    Case("zero threads", "threads=0", ("threads=0", "threads=4")),
+    Case("threads=auto", "threads=auto", ("threads='auto'", "threads=4", "null")),
+    Case("zero epochs", "trainer.max_epochs=0", ("trainer.max_epochs=0", "trainer.max_epochs=10")),
     Case("groups not dividing channels", "model=cnn model/norm=group model.norm.num_groups=4",
-         ("model.norm.num_groups=4 does not divide the 6 channels",)),
+         ("model.norm.num_groups=4", "6 channels")),
     Case("zero groups", "model=cnn model/norm=group model.norm.num_groups=0",
-         ("model.norm.num_groups=0 must be a positive number of groups",)),
+         ("model.norm.num_groups=0", "positive number")),
     Case("a norm class that does not take a channel count",
          "model=cnn model/norm=group model.norm._target_=torch.nn.GroupNorm",
-         ("the network (normlab.nn.SeedCNN) cannot be built",
-          "model.norm._target_=torch.nn.GroupNorm")),
+         ("normlab.nn.SeedCNN", "cannot be built", "model.norm._target_=torch.nn.GroupNorm")),
     Case("a callback argument its constructor refuses", "callbacks.diagnostics.every_n_steps=-1",
-         ("callbacks.diagnostics.every_n_steps=-1: use a number of optimizer steps, a whole "
-          "number from 0 (0: never)",)),
+         ("callbacks.diagnostics.every_n_steps=-1", "whole number from 0", "(0: never)")),
     Case("a zero check interval", "callbacks.divergence.check_every_n_steps=0",
-         ("callbacks.divergence.check_every_n_steps=0: must be a positive whole number",)),
+         ("callbacks.divergence.check_every_n_steps=0", "positive whole number")),
     Case("statistics for two channels", "data.mean=[0.5,0.5]",
-         ("data.mean=[0.5, 0.5]: give one value per image channel (3",)),
+         ("data.mean=[0.5, 0.5]", "data.mean=[0.5,0.5,0.5]")),
     Case("an image size the network cannot take",
          "data=image_folder data.root={images} model.num_classes=2 data.image_size=64",
-         ("data.image_size=64: the network (SeedCNN) cannot take 64x64 images",
-          "use data.image_size=32")),
+         ("data.image_size=64", "(SeedCNN)", "64x64", "data.image_size=32")),
     Case("a mean without a std for image folders",
          "data=image_folder data.root={images} model.num_classes=2 data.mean=[0.4,0.4,0.4]",
          ("data.mean is given but data.std is null", "Give both")),
     Case("unknown dropout placement", "model.dropout.placement=sideways",
-         ("model.dropout.placement='sideways': choose one of",)),
+         ("model.dropout.placement='sideways'", "choose one of")),
     Case("unwritable log folder", "paths.log_dir={file}/logs",
          ("cannot create the run directory", "is a file, not a folder", "paths.log_dir")),
     Case("unwritable data folder", "data=cifar10 data.root={file}/cifar",
@@ -114,8 +108,8 @@ CASES = [
     Case("undecodable images", "data=image_folder data.root={bad_images} model.num_classes=2",
          ("cannot be decoded", "is not a readable image"), removes_run_dir=True),
     Case("checkpoint of another architecture", "ckpt_path={cnn_checkpoint}",
-         ("was saved by a different architecture (SeedCNN with norm=Identity, dropout=Identity)",
-          "it lacks 10 of this network's tensors (features.0.norm.weight,")),
+         ("different architecture", "SeedCNN with norm=Identity, dropout=Identity",
+          "lacks 10 of this network's tensors", "features.0.norm.weight")),
     Case("checkpoint carrying pickled code", "ckpt_path={pickled_checkpoint}",
          ("refused to load", "pickled Python objects (test_errors.Payload)", "weights_only=True")),
     Case("missing checkpoint file", "ckpt_path={missing}/last.ckpt", ("no such file",)),
@@ -240,9 +234,7 @@ def outcomes(tmp_path_factory) -> dict:
 def test_bad_input_exits_with_one_clear_message(outcomes, case):
     proc, case_dir = outcomes["by_name"][case.name]
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
-    message = " ".join(proc.stderr.split())  # the message may wrap
-    for fragment in case.says:
-        assert fragment in message, proc.stderr[-2000:]
+    assert_names(proc.stderr, *case.says)
     assert "Traceback" not in proc.stderr + proc.stdout
     results = [json.loads(p.read_text()) for p in case_dir.rglob("results.json")]
     assert all(r["status"] != "completed" for r in results)
@@ -298,8 +290,7 @@ def test_an_unexpected_exception_in_the_checks_stops_the_run(compose_cfg, monkey
         preflight.Preflight().on_run_start(cfg)
     assert stop.value.code == 1
     err = capsys.readouterr().err
-    assert "the checks before the run failed with ZeroDivisionError: division by zero" in err
-    assert "Nothing was started or written" in err
+    assert_names(err, "failed with ZeroDivisionError: division by zero", "Nothing was started")
 
 
 def test_image_folder_needs_a_root_and_a_matching_class_count(compose_cfg, tmp_path):
@@ -307,10 +298,9 @@ def test_image_folder_needs_a_root_and_a_matching_class_count(compose_cfg, tmp_p
         checks.check_run(plan_run(compose_cfg(["data=image_folder"]), []))
     root = write_image_folder(tmp_path / "images", classes=("cat", "dog", "fox"))
     cfg = compose_cfg(["data=image_folder", f"data.root={root}"])
-    with pytest.raises(
-        ConfigError, match=r"holds 3 classes \(cat, dog, fox\)\. Set model.num_classes=3"
-    ):
+    with pytest.raises(ConfigError) as err:
         checks.check_run(plan_run(cfg, []))
+    assert_names(str(err.value), "3 classes (cat, dog, fox)", "model.num_classes=3")
     checks.check_run(
         plan_run(compose_cfg(["data=image_folder", f"data.root={root}", "model.num_classes=3"]), [])
     )

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-from conftest import REPO, compose_config, run_cli
+from conftest import REPO, assert_names, compose_config, run_cli
 from finished_run import digits_run, write_lightning_checkpoint
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -120,19 +120,14 @@ def test_a_mistyped_key_gets_a_did_you_mean_before_lightning_is_imported(run, tm
 def test_the_config_eval_uses_is_checked_before_anything_is_built(run, tmp_path):
     # The run's own config with the overrides applied, by train.py's checks: one paragraph.
     cases = [
-        ("data.eval_batch_size=0", "data.eval_batch_size=0: must be a positive integer"),
+        ("data.eval_batch_size=0", "data.eval_batch_size=0", "data.eval_batch_size=1000"),
         ("+model.norm.epss=1e-3", "did you mean model.norm.eps?"),
         ("experiment=seed_lesson", "experiment is a global config group"),
         ("debug=fast", "debug is a global config group"),
     ]
     if not torch.cuda.is_available():
-        cases.append(
-            (
-                "trainer.accelerator=gpu",
-                "trainer: Lightning cannot set up the Trainer (MisconfigurationException: No "
-                "supported gpu backend found!). Its device settings: trainer.accelerator=gpu",
-            )
-        )
+        gpu = ("trainer.accelerator=gpu", "No supported gpu backend", "trainer.accelerator=cpu")
+        cases.append(gpu)
     # Independent processes, mostly start-up: two at a time.
     with ThreadPoolExecutor(max_workers=2) as pool:
         procs = list(
@@ -140,9 +135,9 @@ def test_the_config_eval_uses_is_checked_before_anything_is_built(run, tmp_path)
                 lambda case: run_cli("eval.py", f"run={run.run_dir}", case[0], cwd=tmp_path), cases
             )
         )
-    for (override, says), proc in zip(cases, procs, strict=True):
+    for (override, *names), proc in zip(cases, procs, strict=True):
         assert proc.returncode == 1, override
-        assert says in " ".join(proc.stderr.split()), proc.stderr[-3000:]
+        assert_names(proc.stderr, *names)
         assert "Traceback" not in proc.stderr, override
 
 
@@ -159,9 +154,7 @@ def test_a_checkpoint_file_of_a_run_with_another_network(tmp_path):
     # which= means a checkpoint of run=: with a file named too, it would be ignored.
     proc = run_cli("eval.py", f"ckpt_path={checkpoint}", "which=last", cwd=tmp_path)
     assert proc.returncode == 1
-    assert f"which=last and ckpt_path={checkpoint} both say which checkpoint" in " ".join(
-        proc.stderr.split()
-    )
+    assert_names(proc.stderr, "which=last", f"ckpt_path={checkpoint}", "both say")
 
 
 @pytest.mark.slow
@@ -206,10 +199,8 @@ def test_errors_name_the_key_that_named_the_run(run, tmp_path):
     file = damaged / "checkpoints" / "last.ckpt"
     with pytest.raises(ConfigError) as err:
         evaluate(eval_config(f"ckpt_path={file}"))
-    assert str(err.value).startswith(
-        f"ckpt_path={file}: its run directory {damaged.resolve()}: its saved config "
-    )
-    assert "cannot be read" in str(err.value)
+    assert str(err.value).startswith(f"ckpt_path={file}: ")  # the key, as typed
+    assert_names(str(err.value), str(damaged.resolve()), "saved config", "cannot be read")
 
 
 @pytest.mark.slow
@@ -375,8 +366,8 @@ def test_eval_refuses_a_run_whose_lock_another_process_holds(run, training_run, 
     proc = run_cli("eval.py", f"run={training_run}", cwd=tmp_path)
     message = " ".join(proc.stderr.split())
     assert proc.returncode == 1, message[-3000:]
-    assert f"run={training_run}: this run is still training" in message
-    assert f"Wait for it to finish, then run python eval.py run={training_run}" in message
+    assert_names(message, f"run={training_run}", "still training")
+    assert_names(message, f"python eval.py run={training_run}")  # the fix: once it finishes
     assert "Traceback" not in message and not (training_run / "eval.json").exists()
     # Its own checkpoint named as a file is the same run, still training.
     proc = run_cli("eval.py", f"ckpt_path={training_run}/checkpoints/best.ckpt", cwd=tmp_path)

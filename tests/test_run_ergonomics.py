@@ -166,17 +166,6 @@ def test_unknown_keys_and_options_get_a_did_you_mean(override, hint):
 
 
 @pytest.mark.slow
-def test_callbacks_none_counts_the_epochs_it_trained(tmp_path):
-    proc, results = run_train(
-        "data=digits", "debug=fast", "trainer.max_epochs=2", "callbacks=none",
-        run_dir=tmp_path / "run",
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert results["epochs_completed"] == 2 and results["stopped_by"] == "max_epochs"
-    assert "(2 epochs," in proc.stdout + proc.stderr  # the final summary line
-
-
-@pytest.mark.slow
 def test_early_stopping_added_as_the_hint_says_is_recorded_as_what_stopped_the_run(tmp_path):
     early_stopping = (
         "+callbacks.early_stopping={_target_:lightning.pytorch.callbacks.EarlyStopping,"
@@ -299,21 +288,28 @@ def test_a_short_run_prints_a_short_console_that_train_log_holds(tmp_path):
 
 @pytest.mark.slow
 def test_a_sweep_prints_one_line_per_job_and_callbacks_none_runs(tmp_path):
+    """Also what a run without any logger, or without any callback, still records."""
     sweep_dir = tmp_path / "sweep"
     proc = run_multirun(
-        "data=digits", "trainer.max_epochs=1", "trainer.limit_train_batches=5",
+        "data=digits", "trainer.max_epochs=2", "trainer.limit_train_batches=5",
         "logger=none", "callbacks=default,none", sweep_dir=sweep_dir,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = [line for line in proc.stdout.splitlines() if line.startswith("#")]
     # callbacks=... says what a run records, not what it trains: not in the name (as logger=)
     assert [line.split(":")[0] for line in jobs] == [
-        "#0 data-digits+trainer.max_epochs-1+trainer.limit_train_batches-5",
-        "#1 data-digits+trainer.max_epochs-1+trainer.limit_train_batches-5",
+        "#0 data-digits+trainer.max_epochs-2+trainer.limit_train_batches-5",
+        "#1 data-digits+trainer.max_epochs-2+trainer.limit_train_batches-5",
     ]
     # the per-epoch lines stay in each job's train.log
-    assert "epoch 1/1" not in proc.stdout
-    assert "epoch 1/1" in (sweep_dir / "0" / "train.log").read_text()
+    assert "epoch 2/2" not in proc.stdout
+    assert "epoch 2/2" in (sweep_dir / "0" / "train.log").read_text()
     for job in ("0", "1"):
         results = json.loads((sweep_dir / job / "results.json").read_text())
         assert results["status"] == "completed" and results["test_acc"] is not None
+        # callbacks=none counts the epochs it trained, as the default callbacks do
+        assert results["epochs_completed"] == 2 and results["stopped_by"] == "max_epochs"
+        assert "(2 epochs," in (sweep_dir / job / "train.log").read_text()  # the summary line
+        # logger=none: results and checkpoints all the same, no TensorBoard folder
+        assert not (sweep_dir / job / "tensorboard").exists()
+    assert (sweep_dir / "0" / "checkpoints" / "last.ckpt").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import CONF, run_train, tensorboard_dir
+from finished_run import OVERRIDES, digits_run
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from normlab.bench.cifar_files import write_cifar10
@@ -27,23 +28,17 @@ def scalar_tags(run_dir):
     return tags
 
 
-def test_digits_run_writes_results_checkpoints_and_tensorboard(tmp_path):
-    run_dir = tmp_path / "run"
-    proc, results = run_train(
-        "model=cnn_bn_dropout", "data=digits", "trainer.max_epochs=2", run_dir=run_dir
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_digits_run_writes_results_checkpoints_and_tensorboard(tmp_path_factory):
+    # The session's shared two-epoch run of model=cnn_bn_dropout (finished_run.py).
+    run = digits_run(tmp_path_factory)
+    run_dir, results = run.run_dir, run.results
     assert results.keys() >= RESULT_FIELDS
     assert results["status"] == "completed" and results["epochs_completed"] == 2
     assert (
         0.0 <= results["test_acc"] <= 1.0
         and results["val_acc_best"] >= results["val_acc_final"] - 1e-9
     )
-    assert results["overrides"][-3:] == [
-        "model=cnn_bn_dropout",
-        "data=digits",
-        "trainer.max_epochs=2",
-    ]
+    assert results["overrides"][-len(OVERRIDES) :] == list(OVERRIDES)
     assert [row["epoch"] for row in results["history"]] == [0, 1]
     assert {"best.ckpt", "last.ckpt"} <= {p.name for p in (run_dir / "checkpoints").iterdir()}
     assert (run_dir / ".hydra" / "config.yaml").exists()
@@ -57,7 +52,7 @@ def test_digits_run_writes_results_checkpoints_and_tensorboard(tmp_path):
         "time/epoch_s",
     } <= scalar_tags(run_dir)
     # the progress output is readable in a captured (non-terminal) log: one line per epoch
-    assert proc.stdout.count("epoch 1/2") == 1 and "\r" not in proc.stdout
+    assert run.stdout.count("epoch 1/2") == 1 and "\r" not in run.stdout
     # the last checkpoint is the last epoch's, and loads with weights_only=True
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["epoch"] == 1
@@ -76,14 +71,6 @@ def test_cifar10_run_on_generated_files_in_the_real_format(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert results["status"] == "completed" and results["test_acc"] is not None
     assert (run_dir / "checkpoints" / "best.ckpt").exists()
-
-
-def test_a_run_without_any_logger_still_writes_its_results(tmp_path):
-    run_dir = tmp_path / "run"
-    proc, results = run_train("logger=none", "data=digits", "debug=fast", run_dir=run_dir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert results["status"] == "completed" and not (run_dir / "tensorboard").exists()
-    assert (run_dir / "checkpoints" / "last.ckpt").exists()
 
 
 def test_missing_cifar10_offline_prints_the_way_out_without_a_traceback(tmp_path):
