@@ -162,3 +162,27 @@ def test_a_subset_seed_draws_other_training_images_and_keeps_val_and_test():
 def test_a_subset_seed_that_is_not_a_number_names_the_key():
     with pytest.raises(DataError, match=r"data\.subset_seed='one'.*whole number"):
         DigitsDataModule(train_size=200, subset_seed="one")
+
+
+def test_batch_stats_are_taken_over_batches_of_mixed_classes_when_the_set_is_class_sorted():
+    """Image folders are read class by class. Consecutive batches would then hold one class
+    each, and BN with batch statistics would normalize the class itself away."""
+    from normlab.training.evaluations import batch_stats_accuracy as bn_batch_stats_accuracy
+
+    torch.manual_seed(0)
+    labels = torch.arange(2).repeat_interleave(200)  # 200 of class 0, then 200 of class 1
+    brightness = torch.where(labels == 1, 200, 50).to(torch.uint8)
+    images = brightness.view(-1, 1, 1, 1).expand(-1, 1, 4, 4).contiguous()
+    # The class is the brightness: BN centres it, the head reads its sign.
+    net = nn.Sequential(nn.BatchNorm2d(1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1, 2))
+    with torch.no_grad():
+        net[3].weight.copy_(torch.tensor([[-1.0], [1.0]]))
+        net[3].bias.zero_()
+    net.eval()
+
+    def to_float(x: torch.Tensor) -> torch.Tensor:
+        return x.float() / 255
+
+    assert batch_stats_accuracy(net, images, labels, to_float) == 0.5  # one class a batch
+    assert bn_batch_stats_accuracy(net, images, labels, to_float, 8) > 0.95
+    assert not net[0].training and net[0].num_batches_tracked == 0, "state restored"

@@ -153,13 +153,30 @@ class BatchNormEvaluations(L.Callback):
         data = _data(trainer, "bn_eval")
         test = data.test_set
         if self.batch_stats:
-            with batchnorm_in_train_mode(pl_module):
-                acc = accuracy(
-                    pl_module, test.images, test.labels, data.eval_transform, data.batch_size
-                )
+            acc = batch_stats_accuracy(
+                pl_module, test.images, test.labels, data.eval_transform, data.batch_size
+            )
             pl_module.log("test/acc_batch_stats", acc)
         if self.recalibrate:
             pl_module.log("test/acc_bn_recalibrated", recalibrated_accuracy(pl_module, data))
+
+
+def mixed(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images in a fixed random order (seed 0). Image folders are read class by class
+    (CIFAR-10's JPEG copy: 1,000 test images of one class after another), and a batch of one
+    class has that class's statistics: BN would normalize the class itself away."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    order = order.to(labels.device)
+    return images.index_select(0, order), labels.index_select(0, order)
+
+
+def batch_stats_accuracy(
+    module: nn.Module, images: torch.Tensor, labels: torch.Tensor, transform: Any, batch_size: int
+) -> float:
+    """Accuracy with BN normalizing each batch (of mixed classes) by its own statistics,
+    dropout off; the module's buffers and modes are restored afterwards."""
+    with batchnorm_in_train_mode(module):
+        return accuracy(module, *mixed(images, labels), transform, batch_size)
 
 
 @torch.no_grad()
@@ -168,6 +185,7 @@ def recalibrate_batchnorm(module: nn.Module, images: torch.Tensor, transform: An
     off). The caller keeps the layers in train mode (`batchnorm_in_train_mode(momentum=None)`)."""
     for layer in batchnorm_layers(module):
         layer.reset_running_stats()
+    images, _ = mixed(images, torch.zeros(len(images), dtype=torch.long, device=images.device))
     for x, _ in batches(images, torch.empty(len(images)), transform, bs):
         if len(x) > 1:  # BN cannot take statistics of a single image
             module(x)
