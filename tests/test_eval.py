@@ -94,6 +94,26 @@ def test_eval_reproduces_the_recorded_test_accuracy_with_overrides_applied(run, 
 
 
 @pytest.mark.slow
+def test_eval_retakes_the_bn_evaluations_the_config_asks_for(run, tmp_path):
+    from normlab.training.evaluations import batch_stats_accuracy
+
+    proc = run_cli(
+        "eval.py", f"run={run.run_dir}", "callbacks.bn_eval.batch_stats=true", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((run.run_dir / "eval.json").read_text())
+    cfg, net = trained(run.run_dir, "best.ckpt")
+    test = held_out_test_set(cfg)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup()
+    expected = batch_stats_accuracy(
+        net, test.images, test.labels, datamodule.eval_transform, cfg.data.batch_size
+    )
+    assert result["test_acc_batch_stats"] == pytest.approx(expected, abs=1e-6)
+    assert result["test_acc"] == run.results["test_acc"], "the usual test is unchanged"
+
+
+@pytest.mark.slow
 def test_lightnings_own_lines_reach_eval_log_once(run, tmp_path):
     copy = copy_run(run.run_dir, tmp_path / "run")
     proc = run_cli(

@@ -200,11 +200,13 @@ def build_test_trainer(cfg: DictConfig) -> L.Trainer:
     a machine without one) are a ConfigError naming them."""
     progress = TerminalProgressBar()
     skip_inherited_batch_hooks(progress, L.Callback)
+    # The run's test-time measurements (BN with batch statistics, recalibrated): re-taken too.
+    measurements = instantiate_all({"bn_eval": (cfg.get("callbacks") or {}).get("bn_eval")})
     try:
         return instantiate(
             cfg.trainer,
             logger=False,
-            callbacks=[progress],
+            callbacks=[progress, *measurements],
             enable_checkpointing=False,
             enable_model_summary=False,
             **default_profiler(cfg),

@@ -122,6 +122,8 @@ def evaluate(eval_cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, A
         "checkpoint": relative_to_run(str(ckpt), run_dir),
         "test_acc": metrics.get("test/acc"),
         "test_loss": metrics.get("test/loss"),
+        # callbacks.bn_eval's figures (test/acc_batch_stats -> test_acc_batch_stats), as train.py
+        **{k.replace("/", "_"): v for k, v in metrics.items() if k.count("/") == 1},
         "test_batches": int(sum(trainer.num_test_batches)),
         # What train.py measured with this very file: only the run's own best checkpoint.
         "recorded_test_acc": read_results(run_dir).get("test_acc") if which == "best" else None,
@@ -218,7 +220,8 @@ def run_checkpoint(run_dir: Path, ckpt: Path) -> str | None:
     return None
 
 
-# What eval.py does not build: its result does not depend on their settings.
+# What eval.py does not check: loggers are not built, and of the callbacks only bn_eval
+# (booleans its constructor checks).
 UNUSED_NODES = ("callbacks", "logger")
 
 
