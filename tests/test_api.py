@@ -103,17 +103,18 @@ def test_train_returns_what_train_py_computes(tmp_path, monkeypatch):
     """Oracle: the real `python train.py` with the same overrides. The API's run lands in the
     project's logs/runs/ even when called from notebooks/, with the CLI's files."""
     (tmp_path / "cli").mkdir()
-    cli_proc, cli = run_train(*OVERRIDES, run_dir=tmp_path / "cli" / "run")
+    # One torch thread on both sides, said in the overrides: the count decides the order of
+    # float sums, and normlab's default for this process follows its cores, not the CLI's.
+    cli_proc, cli = run_train(*OVERRIDES, "threads=1", run_dir=tmp_path / "cli" / "run")
     assert cli_proc.returncode == 0, cli_proc.stderr[-3000:]
 
     root = project(tmp_path)
     monkeypatch.chdir(root / "notebooks")
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the CLI run (OMP_NUM_THREADS=1): same float sums
     try:
-        results = normlab.train(*OVERRIDES[:-1], debug="fast")
+        results = normlab.train(*OVERRIDES[:-1], debug="fast", threads=1)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads)  # the run set this process's count
     assert Path.cwd() == root / "notebooks"
     run_dir = Path(results["run_dir"])
     assert run_dir.parent == root / "logs" / "runs"
@@ -122,7 +123,7 @@ def test_train_returns_what_train_py_computes(tmp_path, monkeypatch):
     assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
     saved = json.loads((run_dir / "results.json").read_text())
     assert {k: v for k, v in results.items() if k != "run_dir"} == saved
-    assert results["overrides"] == list(OVERRIDES)
+    assert results["overrides"] == [*OVERRIDES, "threads=1"]
 
     assert results["status"] == cli["status"] == "completed"
     for key in ("test_acc", "val_acc_best", "train_loss_final", "epochs_completed"):
@@ -146,12 +147,12 @@ def test_evaluate_reads_relative_data_paths_from_the_project_root(tmp_path, monk
     write_cifar10(root / "data", train_images=200, test_images=60)
     monkeypatch.chdir(root / "notebooks")
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
         results = normlab.train(
             "data=cifar10", "data.download=false", "data.verify_checksums=false",
             "data.val_size=40", "data.batch_size=32", "trainer.max_epochs=1",
             "trainer.limit_train_batches=2", "logger=none", "callbacks/diagnostics=none",
+            "threads=1",
         )  # fmt: skip
         assert results["status"] == "completed"
         saved = OmegaConf.load(Path(results["run_dir"]) / ".hydra" / "config.yaml")
