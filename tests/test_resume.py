@@ -199,7 +199,8 @@ def stopped_sweeps(tmp_path_factory) -> dict:
         name: start_train(*sweep, f"hydra.sweep.dir={root / name}", cwd=root) for name in SIGNALS
     }
     finished, waiting = {}, set(SIGNALS)
-    deadline = time.monotonic() + 300
+    # Generous: each sweep waits for a file, and a loaded 2-core machine runs both slowly.
+    deadline = time.monotonic() + 900
     while waiting and time.monotonic() < deadline:
         for name in list(waiting):
             if (root / name / "1" / "checkpoints" / "last.ckpt").exists():
@@ -209,7 +210,10 @@ def stopped_sweeps(tmp_path_factory) -> dict:
             elif procs[name].poll() is not None:
                 waiting.discard(name)
         time.sleep(0.01)
-    outputs = {name: proc.communicate(timeout=120)[0] for name, proc in procs.items()}
+    for name, proc in procs.items():
+        if name not in finished and proc.poll() is None:
+            proc.kill()  # never reached its second job: the test reports its output
+    outputs = {name: proc.communicate(timeout=600)[0] for name, proc in procs.items()}
     return {"root": root, "procs": procs, "outputs": outputs, "finished": finished}
 
 
