@@ -94,7 +94,7 @@ def evaluate(eval_cfg: DictConfig, overrides: Sequence[str] = ()) -> dict[str, A
         check_not_training(run_dir, "eval.py")
     if absent := apply_overrides(cfg, eval_cfg, overrides, skipped=EVAL_KEYS):
         raise no_such_key(absent[0])
-    check_config(cfg)
+    check_eval_settings(cfg)
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     threads, why = threads_for_run(cfg.get("threads"), hydra_cfg)
     torch.set_num_threads(threads)
@@ -225,7 +225,7 @@ def run_checkpoint(run_dir: Path, ckpt: Path) -> str | None:
 UNUSED_NODES = ("callbacks", "logger")
 
 
-def check_config(cfg: DictConfig) -> None:
+def check_eval_settings(cfg: DictConfig) -> None:
     """The checks train.py runs before a run, on the config this evaluation uses (the run's
     own with the overrides applied): an impossible value (data.eval_batch_size=0) or a
     mistyped key added with `+` is one paragraph naming the key, not a traceback from

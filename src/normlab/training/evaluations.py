@@ -161,13 +161,12 @@ class BatchNormEvaluations(L.Callback):
             pl_module.log("test/acc_bn_recalibrated", recalibrated_accuracy(pl_module, data))
 
 
-def mixed(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The images in a fixed random order (seed 0). Image folders are read class by class
-    (CIFAR-10's JPEG copy: 1,000 test images of one class after another), and a batch of one
-    class has that class's statistics: BN would normalize the class itself away."""
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
-    order = order.to(labels.device)
-    return images.index_select(0, order), labels.index_select(0, order)
+def mixed(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors (images, labels) in one fixed random order (seed 0). Image folders are read
+    class by class (CIFAR-10's JPEG copy: 1,000 test images of one class after another), and a
+    batch of one class has that class's statistics: BN would normalize the class itself away."""
+    order = torch.randperm(len(tensors[0]), generator=torch.Generator().manual_seed(0))
+    return tuple(t.index_select(0, order.to(t.device)) for t in tensors)
 
 
 def batch_stats_accuracy(
@@ -185,7 +184,7 @@ def recalibrate_batchnorm(module: nn.Module, images: torch.Tensor, transform: An
     off). The caller keeps the layers in train mode (`batchnorm_in_train_mode(momentum=None)`)."""
     for layer in batchnorm_layers(module):
         layer.reset_running_stats()
-    images, _ = mixed(images, torch.zeros(len(images), dtype=torch.long, device=images.device))
+    (images,) = mixed(images)
     for x, _ in batches(images, torch.empty(len(images)), transform, bs):
         if len(x) > 1:  # BN cannot take statistics of a single image
             module(x)
