@@ -130,8 +130,16 @@ def test_sigterm_to_a_joblib_sweep_leaves_no_worker_and_the_sweep_continues(
     sweep_dir = tmp_path / "sweep"
     proc = start_sweep(sweep_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
     wait_for([sweep_dir / j / "checkpoints" / "last.ckpt" for j in ("0", "1")], proc)
+    stopped_at = time.time()
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=600) != 0
+    # joblib had already handed out job 2; before, a worker freed by its interrupted job
+    # started it, and the stopped sweep trained on until it ended.
+    started = {
+        record.parent.parent.name: record.stat().st_mtime
+        for record in sweep_dir.glob("*/.hydra/overrides.yaml")  # written as a job starts
+    }
+    assert started and all(t <= stopped_at for t in started.values()), (stopped_at, started)
     # joblib's workers and loky's resource tracker exit just after the sweep: give them a
     # bounded moment, then none may be left.
     deadline = time.monotonic() + 300

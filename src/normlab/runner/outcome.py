@@ -28,7 +28,7 @@ from normlab.runner.commands import command
 from normlab.runner.console import in_multirun
 from normlab.runner.rundir import RunPlan, history_from_last_checkpoint, release_folder
 from normlab.runner.slurm import job_record as slurm_job_record
-from normlab.runner.sweep import report_interrupted_sweep
+from normlab.runner.sweep import leave_the_worker_pool, report_interrupted_sweep
 from normlab.training import MetricHistory
 
 log = logging.getLogger("normlab")
@@ -106,6 +106,7 @@ class RunRecord:
             log.info("nothing kept of the run: %s removed", self.output_dir)
         if in_multirun() and results["status"] == "interrupted":
             report_interrupted_sweep()
+            leave_the_worker_pool()
 
 
 def record_results(output_dir: Path, results: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -97,14 +98,29 @@ def report_interrupted_sweep() -> None:
     SweepReport()._write(output_dir.parents[depth - 1])
 
 
+def leave_the_worker_pool() -> None:
+    """End this joblib worker once its job has recorded itself as interrupted.
+
+    Kept alive, the worker would take the next job the sweep had already queued (joblib
+    hands out 2 x n_jobs jobs ahead), so a stopped sweep would go on training until those
+    ended. The sweep's own process (basic launcher, n_jobs=1) exits by itself.
+    """
+    if multiprocessing.parent_process() is None:
+        return
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)  # as a run stopped by SIGTERM; the parent is waiting for it to end
+
+
 def forward_sigterm_to_workers() -> None:
     """SIGTERM to a sweep reaches the processes that run its jobs.
 
     The joblib launcher runs jobs in worker processes; killed, the parent would leave them
     training with nobody waiting for them. Here the parent passes SIGTERM on to its child
-    processes (each job then records itself as interrupted and rewrites the sweep report),
-    waits for them, and exits with code 130. Verified by hand with hydra/launcher=joblib
-    n_jobs=2: both jobs "interrupted", the report lists them, no worker left.
+    processes (each job then records itself as interrupted, rewrites the sweep report and
+    ends its worker: `leave_the_worker_pool`), waits for them, and exits with code 130; no
+    queued job starts (tests/test_continue_sweep.py).
     """
     if threading.current_thread() is not threading.main_thread():
         return
