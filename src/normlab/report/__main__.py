@@ -29,13 +29,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="compare an axis's values with this one (default: the first value swept), "
         "e.g. --baseline model/norm=batch",
     )
+    parser.add_argument(
+        "--best-of",
+        metavar="AXIS",
+        help="also compare every combination of the other axes at its own best value of AXIS, "
+        "chosen on validation accuracy, e.g. --best-of optimizer.lr",
+    )
     args = parser.parse_args(argv)
     # Jobs left out of the figures (an unreadable results.json) are named on the console too.
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     try:
         sweep = load_sweep(args.sweep_dir)  # once: its warnings are said once
         baselines = parse_baselines(args.baseline, sweep)
-        path = write_report(args.sweep_dir, not args.no_plots, baselines, sweep)
+        path = write_report(args.sweep_dir, not args.no_plots, baselines, sweep, args.best_of)
     except NormlabError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

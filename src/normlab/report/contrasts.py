@@ -5,7 +5,8 @@ test accuracy and train − val gap between configurations, and the other test a
 (BN with batch statistics, BN re-estimated) against test_acc within runs. Their p-values are
 Holm-adjusted together; "significant" and the star mean adjusted p < 0.05. The per-epoch
 validation contrasts (how fast a configuration learns) are a second family, adjusted within
-their own table. contrasts.csv lists both with raw and adjusted p-values.
+their own table, and the arms at their best value of one axis (`--best-of`) a third.
+contrasts.csv lists them all with raw and adjusted p-values.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 from pathlib import Path
 
 from normlab.files import atomic_open
+from normlab.report.best_of import best_of_family
 from normlab.report.cells import (
     delta_cell,
     format_mean_std,
@@ -252,10 +254,14 @@ CSV_HEADER = [
 ]  # fmt: skip
 
 
-def write_contrasts_csv(sweep: Sweep, path: Path, baselines: dict[str, str] | None) -> None:
-    """Every contrast of both families, with raw and Holm-adjusted p-values."""
+def write_contrasts_csv(
+    sweep: Sweep, path: Path, baselines: dict[str, str] | None, best_of: str | None = None
+) -> None:
+    """Every contrast of every family, with raw and Holm-adjusted p-values."""
     rows = [("report", None, c) for c in report_family(sweep, baselines)]
     rows += [("per-epoch", e + 1, c) for e, c in epoch_family(sweep, baselines)]
+    if best_of is not None:
+        rows += [(f"best-of {best_of}", None, c) for c in best_of_family(sweep, best_of, baselines)]
     with atomic_open(path, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_HEADER)

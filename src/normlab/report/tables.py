@@ -12,6 +12,7 @@ from typing import Any
 
 from normlab.errors import NormlabError
 from normlab.files import atomic_open
+from normlab.report.best_of import best_of_section
 from normlab.report.cells import format_mean_std, markdown_table
 from normlab.report.contrasts import (
     contrast_section,
@@ -124,7 +125,12 @@ def parse_baselines(given: Iterable[str], sweep: Sweep) -> dict[str, str]:
     return baselines
 
 
-def markdown(sweep: Sweep, plots: Sequence[str], baselines: dict[str, str] | None = None) -> str:
+def markdown(
+    sweep: Sweep,
+    plots: Sequence[str],
+    baselines: dict[str, str] | None = None,
+    best_of: str | None = None,
+) -> str:
     counts: dict[str, int] = {}
     for job in sweep.jobs:
         counts[job.status] = counts.get(job.status, 0) + 1
@@ -165,6 +171,8 @@ def markdown(sweep: Sweep, plots: Sequence[str], baselines: dict[str, str] | Non
         lines += ["", f"Best mean validation accuracy: **{best.label}**."]
     lines += contrast_section(sweep, family)
     lines += within_run_section(sweep, family)
+    if best_of is not None:
+        lines += best_of_section(sweep, best_of, baselines)
     lines += _epoch_section(sweep)
     lines += epoch_contrast_section(sweep, epoch_family(sweep, baselines))
     lines += _problem_section(sweep)
