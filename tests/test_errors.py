@@ -284,7 +284,7 @@ def test_an_unexpected_exception_in_the_checks_stops_the_run(compose_cfg, monkey
     def broken(*args, **kwargs):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(checks, "check_run", broken)  # imported by the preflight as it runs
+    monkeypatch.setattr(checks, "check_planned", broken)  # imported by the preflight as it runs
     cfg = compose_cfg(["data=digits"])
     with pytest.raises(SystemExit) as stop:
         preflight.Preflight().on_run_start(cfg)

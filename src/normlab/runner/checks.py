@@ -1,11 +1,13 @@
 """The checks of a run, before anything is built: one message per mistake, naming the key and
 the fix, instead of a traceback from deep inside Lightning or PyTorch minutes into a run.
 `check_run` is the whole of it: the config's values (`values.check_config` first, which
-imports no class), keys (did-you-mean), the network the config describes (constructed on the
-meta device: real widths, no memory) and the checkpoint it would start from. No data is read.
+imports no class), then `check_planned`: keys (did-you-mean), the classes, the network the
+config describes (constructed on the meta device: real widths, no memory) and the checkpoint
+it would start from. No data is read.
 
-Called once per run: by `preflight.check_single_run` for a single run (before Hydra creates
-its directory), by `prepare.prepare_run` for a sweep's job.
+Called once per run: by `prepare.prepare_run` for a sweep's job; for a single run,
+`preflight.check_single_run` runs its two halves apart (values before torch is imported,
+then `check_planned`), before Hydra creates the run's directory.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from normlab.runner.targets import accepted_parameters, check_callbacks, check_k
 from normlab.runner.values import (
     check_config,
     check_distributed,
-    check_plain_values,
     check_unset,
     is_number,
 )
@@ -50,13 +51,20 @@ _ABSENT = object()
 
 
 def check_run(plan: RunPlan, multirun: bool = False, launcher: str = "") -> nn.Module:
-    """Raise ConfigError for the first thing in the planned run that cannot work.
+    """Raise ConfigError for the first thing in the planned run that cannot work: its values
+    (`values.check_config`), then `check_planned`. Returns the network on the meta device.
 
     `multirun` and `launcher` (Hydra's launcher `_target_`) describe how the run was started,
-    for the checks on DDP inside sweeps. Returns the network on the meta device.
+    for the checks on DDP inside sweeps.
     """
+    check_config(plan.config, multirun, launcher)  # first: no class imported (values.py)
+    return check_planned(plan)
+
+
+def check_planned(plan: RunPlan) -> nn.Module:
+    """What `values.check_config` leaves: the classes, keys, network and checkpoint."""
     cfg = plan.config
-    check_settings(cfg, multirun, launcher)
+    check_classes_and_keys(cfg)
     check_callbacks(cfg)
     net = build_network_or_error(cfg.model, device="meta")  # shapes only, no memory
     check_image_size(cfg, net)
@@ -67,8 +75,15 @@ def check_run(plan: RunPlan, multirun: bool = False, launcher: str = "") -> nn.M
 
 
 def check_settings(cfg: DictConfig, multirun: bool = False, launcher: str = "") -> None:
-    """Every setting of `cfg`, before anything is built (train.py and eval.py)."""
+    """Every setting of `cfg`, before anything is built (eval.py; a run's are checked by
+    `values.check_config` and then `check_run`)."""
     check_config(cfg, multirun, launcher)  # first: no class imported (values.py)
+    check_classes_and_keys(cfg)
+
+
+def check_classes_and_keys(cfg: DictConfig) -> None:
+    """What needs the classes the config names: the statistics the data module takes, the
+    types the classes declare, the classes found on disk, and the keys (did-you-mean)."""
     check_statistics(cfg)
     check_declared_types(cfg)
     check_classes(cfg)
@@ -131,14 +146,6 @@ def check_classes(cfg: DictConfig) -> None:
             f"model.num_classes={num_classes} but data.root={cfg.data.root} holds "
             f"{len(names)} classes ({shown}). Set model.num_classes={len(names)}."
         )
-
-
-def check_values(cfg: DictConfig) -> None:
-    """Every value of the config: its numbers (`values.check_plain_values`), the
-    normalization statistics and the types the classes declare."""
-    check_plain_values(cfg)
-    check_statistics(cfg)
-    check_declared_types(cfg)
 
 
 def check_statistics(cfg: DictConfig) -> None:

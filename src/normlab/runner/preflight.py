@@ -110,8 +110,6 @@ class Preflight(Callback):
         if was_checked(str(config.hydra.run.dir)):
             return  # normlab.train checked it, raising instead of exiting
         with exit_before_the_run():
-            if config.get("resume") is None:  # resume=: the run's saved config is checked
-                check_config(config, launcher=launcher_target(config.hydra))  # before torch
             check_single_run(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -179,13 +177,19 @@ def check_single_run(config: DictConfig) -> RunPlan:
     """The checks before a single run (the composed config with its `hydra` node), then its
     directory created and locked; raises NormlabError. `Preflight` runs this for train.py,
     `normlab.train` before it starts Hydra."""
-    from normlab.runner.checks import check_run
+    launcher = launcher_target(config.hydra)
+    resuming = config.get("resume") is not None
+    if not resuming:
+        check_config(config, launcher=launcher)  # before torch is imported: in about a second
+    from normlab.runner.checks import check_planned
     from normlab.runner.rundir import plan_run
 
     plan = plan_run(config, list(config.hydra.overrides.task))
+    if resuming:
+        check_config(plan.config, launcher=launcher)  # the run's saved config
     run_dir = Path(str(config.hydra.run.dir))
     check_paths(run_dir, OmegaConf.select(plan.config, "data.root"))
-    net = check_run(plan, launcher=launcher_target(config.hydra))
+    net = check_planned(plan)
     check_space(run_dir, net)
     claim_run_dir(run_dir, plan.resumed)
     _checked.add(absolute_path(run_dir))

@@ -90,10 +90,10 @@ def check_plain_values(cfg: DictConfig) -> None:
 
 
 def check_batch_limits(cfg: DictConfig) -> None:
-    """trainer.limit_*_batches and trainer.val_check_interval have a form Lightning takes, and
-    a run trains on at least one batch: training drops the last partial batch, so fewer
-    training images than data.batch_size train nothing. (Limits that leave no batch of the
-    data actually loaded are named as the run starts: `build.lightning_limit_error`.)"""
+    """trainer.limit_*_batches and trainer.val_check_interval have a form Lightning takes.
+    (Limits that leave no batch of the data actually loaded are named as the run starts,
+    `build.batch_limit_error`; a training set smaller than one batch by the data module,
+    which alone knows how many images it holds.)"""
     limit = OmegaConf.select(cfg, "trainer.limit_train_batches")
     if limit is not None and (not is_number(limit) or limit <= 0):
         raise ConfigError(
@@ -119,15 +119,6 @@ def check_batch_limits(cfg: DictConfig) -> None:
             "whole number from 1, e.g. trainer.val_check_interval=100) or a fraction of an "
             "epoch above 0 (e.g. trainer.val_check_interval=0.5); leave it out to validate once "
             "per epoch."
-        )
-    train_size = OmegaConf.select(cfg, "data.train_size")
-    batch_size = OmegaConf.select(cfg, "data.batch_size")
-    if isinstance(train_size, int) and isinstance(batch_size, int) and train_size < batch_size:
-        raise ConfigError(
-            f"data.train_size={train_size} is smaller than data.batch_size={batch_size}: "
-            "training drops the last incomplete batch (a batch of one breaks batch norm), so "
-            f"the run would train on nothing. Use data.batch_size={max(train_size, 2)} or "
-            f"data.train_size={batch_size} or more."
         )
 
 
