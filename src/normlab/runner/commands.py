@@ -57,8 +57,3 @@ def command(program: str, *args: str, **overrides: str | Path) -> str:
     `args` are words already safe to paste (`-m`, `which=last`)."""
     words = ["python", program, *args, *(override(k, v) for k, v in overrides.items())]
     return " ".join(words)
-
-
-def shell_word(value: str | Path) -> str:
-    """A file name as one shell word (for commands other than normlab's, e.g. tar)."""
-    return shlex.quote(str(value))
